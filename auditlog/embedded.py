@@ -1,0 +1,37 @@
+"""Wiring of the embedded mode: one process, one chDB store, the pipeline steps and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from producers.directory import Directory
+from query_api.app import create_app
+from query_api.deps import DirectorySource, KeyCache, Services
+from query_api.settings import ApiSettings
+from storage.store import Store
+from stream.batch_ingest import BatchIngestor
+
+
+@dataclass
+class Embedded:
+    store: Store
+    services: Services
+    app: FastAPI
+
+
+def build_embedded(store: Store, *, api_settings: ApiSettings | None = None, directory: Directory | None = None) -> Embedded:
+    settings = api_settings or ApiSettings()
+    directories = DirectorySource(store)
+    if directory is not None:
+        directories.replace(directory)
+    ingestor = BatchIngestor(store, directories.get, source="api")
+    services = Services(
+        store=store,
+        directory=directories,
+        keys=KeyCache(store, ttl=settings.key_cache_seconds),
+        ingestor=ingestor,
+        settings=settings,
+    )
+    return Embedded(store=store, services=services, app=create_app(services))

@@ -1,0 +1,273 @@
+"""The console's directory: roles, users, teams, applications, deployment plans, environments.
+
+It is part of the contract because management services publish it (as entity
+snapshots on the compacted topic `audit.directory`) and the pipeline reads it
+twice: to enrich events with display names, and to turn a caller into grants.
+The permission rules themselves live in `query_api.permissions`.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Level(IntEnum):
+    """Application permission levels of the console, ordered."""
+
+    NONE = 0
+    LIST = 1
+    OPEN_DEBUG = 2
+    CHANGE_DEPLOY = 3
+    FULL_CONTROL = 4
+
+    @classmethod
+    def parse(cls, value: Any) -> Level:
+        if isinstance(value, Level):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                pass
+        names = ", ".join(m.name.lower() for m in cls)
+        raise ValueError(f"unknown application level {value!r}; expected one of {names}")
+
+
+LevelName = Literal["none", "list", "open_debug", "change_deploy", "full_control"]
+
+_Model = ConfigDict(extra="forbid", frozen=True)
+
+
+class Role(BaseModel):
+    model_config = _Model
+
+    id: str
+    name: str
+    app_level: LevelName = "none"
+    manage_infrastructure: bool = False
+    manage_teams: bool = False
+
+    @property
+    def level(self) -> Level:
+        return Level.parse(self.app_level)
+
+
+class User(BaseModel):
+    model_config = _Model
+
+    id: str
+    name: str
+    email: str | None = None
+    default_role: str | None = None
+    team_roles: dict[str, str] = {}
+    """team id -> role id: applies to the team's applications and to managing that team."""
+    app_roles: dict[str, str] = {}
+    """application id -> role id."""
+
+
+class Team(BaseModel):
+    model_config = _Model
+
+    id: str
+    name: str
+
+
+class Application(BaseModel):
+    model_config = _Model
+
+    id: str
+    name: str
+    team: str | None = None
+
+
+class DeploymentPlan(BaseModel):
+    model_config = _Model
+
+    id: str
+    name: str
+    applications: list[str] = []
+
+
+class Environment(BaseModel):
+    model_config = _Model
+
+    id: str
+    name: str
+
+
+class Infrastructure(BaseModel):
+    model_config = _Model
+
+    id: str
+    name: str
+
+
+DirectoryKind = Literal[
+    "role", "user", "team", "application", "deployment_plan", "environment", "infrastructure"
+]
+_MODELS: dict[str, type[BaseModel]] = {
+    "role": Role,
+    "user": User,
+    "team": Team,
+    "application": Application,
+    "deployment_plan": DeploymentPlan,
+    "environment": Environment,
+    "infrastructure": Infrastructure,
+}
+_PLURAL = {
+    "role": "roles",
+    "user": "users",
+    "team": "teams",
+    "application": "applications",
+    "deployment_plan": "deployment_plans",
+    "environment": "environments",
+    "infrastructure": "infrastructures",
+}
+
+
+class DirectorySnapshot(BaseModel):
+    """One entity's latest state, as carried on `audit.directory` (key = kind/id).
+
+    `entity` None is a tombstone: the entity was deleted.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: DirectoryKind
+    id: str
+    entity: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.id}"
+
+
+class DirectoryError(ValueError):
+    pass
+
+
+class Directory(BaseModel):
+    """An immutable view of the directory. Lookups are by id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roles: dict[str, Role] = {}
+    users: dict[str, User] = {}
+    teams: dict[str, Team] = {}
+    applications: dict[str, Application] = {}
+    deployment_plans: dict[str, DeploymentPlan] = {}
+    environments: dict[str, Environment] = {}
+    infrastructures: dict[str, Infrastructure] = {}
+    version: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_to_maps(cls, data: Any) -> Any:
+        # Files list entities; the model indexes them by id.
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for plural in _PLURAL.values():
+            value = out.get(plural)
+            if isinstance(value, list):
+                mapped: dict[str, Any] = {}
+                for item in value:
+                    ident = item.get("id") if isinstance(item, dict) else getattr(item, "id", None)
+                    if ident is None:
+                        raise ValueError(f"{plural}: every entry needs an id")
+                    if ident in mapped:
+                        raise ValueError(f"{plural}: duplicate id {ident!r}")
+                    mapped[str(ident)] = item
+                out[plural] = mapped
+        return out
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Directory:
+        for user in self.users.values():
+            refs = [user.default_role, *user.team_roles.values(), *user.app_roles.values()]
+            for role_id in refs:
+                if role_id is not None and role_id not in self.roles:
+                    raise ValueError(f"user {user.id!r} refers to unknown role {role_id!r}")
+        return self
+
+    # -- lookups used by enrichment -------------------------------------------------
+
+    def display_name(self, kind: str, ident: str) -> str | None:
+        table: dict[str, Any] = getattr(self, _PLURAL.get(kind, ""), {}) or {}
+        entity = table.get(ident)
+        return getattr(entity, "name", None) if entity is not None else None
+
+    def plan_applications(self, plan_id: str) -> list[str] | None:
+        plan = self.deployment_plans.get(plan_id)
+        return list(plan.applications) if plan is not None else None
+
+    def application_team(self, app_id: str) -> str | None:
+        app = self.applications.get(app_id)
+        return app.team if app is not None else None
+
+    # -- snapshots ------------------------------------------------------------------
+
+    def snapshots(self) -> list[DirectorySnapshot]:
+        out = []
+        for kind, plural in _PLURAL.items():
+            for ident, entity in sorted(getattr(self, plural).items()):
+                out.append(
+                    DirectorySnapshot(kind=kind, id=ident, entity=entity.model_dump(mode="json"))  # type: ignore[arg-type]
+                )
+        return out
+
+    def apply(self, snapshots: list[DirectorySnapshot]) -> Directory:
+        """A new directory with the snapshots applied in order (last one wins)."""
+        data: dict[str, dict[str, Any]] = {
+            plural: {i: e.model_dump(mode="json") for i, e in getattr(self, plural).items()}
+            for plural in _PLURAL.values()
+        }
+        for snap in snapshots:
+            table = data[_PLURAL[snap.kind]]
+            if snap.entity is None:
+                table.pop(snap.id, None)
+            else:
+                entity = dict(snap.entity)
+                entity["id"] = snap.id
+                table[snap.id] = entity
+        try:
+            return Directory.model_validate({**data, "version": self.version + len(snapshots)})
+        except ValidationError as exc:
+            raise DirectoryError(str(exc)) from None
+
+    @staticmethod
+    def from_snapshots(snapshots: list[DirectorySnapshot]) -> Directory:
+        return Directory().apply(snapshots)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+
+def validate_snapshot(kind: str, entity: dict[str, Any]) -> BaseModel:
+    model = _MODELS.get(kind)
+    if model is None:
+        raise DirectoryError(f"unknown directory kind {kind!r}")
+    return model.model_validate(entity)
+
+
+def load_directory(path: str | Path) -> Directory:
+    """Load a directory from a JSON or YAML file (lists or id-keyed maps of entities)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DirectoryError(f"cannot read directory file {p}: {exc.strerror}") from None
+    try:
+        data = orjson.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise DirectoryError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from None
+    try:
+        return Directory.model_validate(data or {})
+    except ValidationError as exc:
+        raise DirectoryError(f"{p}: {exc}") from None

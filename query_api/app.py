@@ -1,0 +1,62 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+
+from query_api.deps import Services
+from query_api.routes import router
+from storage.engine import StoreError
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"query", "path", "body", "header"}:
+        return f"{parts[0]} parameter {'.'.join(parts[1:]) or '(body)'}"
+    return ".".join(parts)
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(
+        title="auditlog",
+        version="0.1.0",
+        description=(
+            "Audit log of an infrastructure management console: per-user activity, per-entity change "
+            "logs and a global log, each row filtered by the caller's permissions."
+        ),
+    )
+    app.state.services = services
+    app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"parameter": _where(tuple(e.get("loc", ()))), "problem": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        message = "; ".join(f"{e['parameter']}: {e['problem']}" for e in errors[:5])
+        return Response(
+            orjson.dumps({"detail": message, "errors": errors}), status_code=422, media_type="application/json"
+        )
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> Response:
+        # The message may hold SQL; the log has it, the client gets the code only.
+        import logging
+
+        logging.getLogger("auditlog.api").error("store error on %s: %s", request.url.path, exc)
+        return Response(
+            orjson.dumps({"detail": "the store failed to answer", "code": exc.code}),
+            status_code=503,
+            media_type="application/json",
+        )
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

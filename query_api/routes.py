@@ -1,0 +1,266 @@
+"""The /v1 endpoints: activity log, change log, global log, one event, ingest."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from pydantic import BaseModel
+
+from producers.contract import ENTITY_KINDS, KindName
+from query_api.deps import CurrentCaller, CurrentDirectory, Scope, ServicesDep
+from query_api.permissions import may_read_activity_log, may_read_entity
+from query_api.serialize import event_out
+from storage.read_scope import ReadScope
+from storage.reader import MAX_PAGE, CursorError, EventFilter, View
+
+router = APIRouter(prefix="/v1")
+
+Outcome = Literal["success", "failure", "denied"]
+
+
+class EventPage(BaseModel):
+    """A page of events, newest first. Pass `next_cursor` as `cursor` for the next page."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class IngestResult(BaseModel):
+    received: int
+    stored: int
+    duplicates: int
+    rejected: list[dict[str, Any]]
+
+
+def _json(body: Any, status_code: int = 200) -> Response:
+    return Response(content=orjson.dumps(body), media_type="application/json", status_code=status_code)
+
+
+def _bad(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=message)
+
+
+def _to_ms(ts: datetime | None, name: str) -> int | None:
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return int(ts.timestamp() * 1000)
+
+
+class Filters:
+    """Query parameters shared by every listing."""
+
+    def __init__(
+        self,
+        since: Annotated[datetime | None, Query(description="only tasks at or after this time (RFC 3339)")] = None,
+        until: Annotated[datetime | None, Query(description="only tasks before this time (RFC 3339)")] = None,
+        actor: Annotated[list[str], Query(description="actor id; repeat for several", max_length=100)] = [],  # noqa: B006
+        action: Annotated[
+            list[str],
+            Query(description="exact action, or a prefix ending in * (e.g. role.*); repeatable", max_length=100),
+        ] = [],  # noqa: B006
+        entity_kind: Annotated[list[KindName], Query(description="target entity kind; repeatable")] = [],  # noqa: B006
+        entity: Annotated[
+            list[str],
+            Query(description="KIND/ID of an entity, as target or related; repeatable", max_length=100),
+        ] = [],  # noqa: B006
+        environment: Annotated[list[str], Query(max_length=100)] = [],  # noqa: B006
+        outcome: Annotated[list[Outcome], Query()] = [],  # noqa: B006
+        infrastructure: Annotated[list[str], Query(max_length=100)] = [],  # noqa: B006
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")] = 50,
+        cursor: Annotated[str | None, Query(max_length=2048, description="next_cursor of the previous page")] = None,
+    ) -> None:
+        since_ms, until_ms = _to_ms(since, "since"), _to_ms(until, "until")
+        if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+            raise _bad("since must be earlier than until")
+        exact, prefixes = [], []
+        for a in action:
+            a = a.strip()
+            if not a or a == "*":
+                raise _bad(f"action {a!r} is empty: give an action or a prefix such as role.*")
+            if a.endswith("*"):
+                prefixes.append(a.rstrip("*"))
+            else:
+                exact.append(a)
+        entities: list[tuple[str, str]] = []
+        for ref in entity:
+            kind, sep, ident = ref.partition("/")
+            if not sep or not ident or len(ident) > 256:
+                raise _bad(f"entity {ref[:64]!r} must look like KIND/ID, e.g. application/app-42")
+            if kind not in ENTITY_KINDS:
+                raise _bad(f"entity {ref[:64]!r}: unknown kind {kind[:32]!r}; expected one of {', '.join(ENTITY_KINDS)}")
+            entities.append((kind, ident))
+        self.filter = EventFilter(
+            since_ms=since_ms,
+            until_ms=until_ms,
+            actor_ids=tuple(actor),
+            actions=tuple(exact),
+            action_prefixes=tuple(prefixes),
+            kinds=tuple(entity_kind),
+            entities=tuple(entities),
+            environments=tuple(environment),
+            outcomes=tuple(outcome),
+            infrastructures=tuple(infrastructure),
+        )
+        self.limit = limit
+        self.cursor = cursor
+
+
+FiltersDep = Annotated[Filters, Depends()]
+
+
+def _page(services: ServicesDep, scope: ReadScope, view: View, filters: Filters) -> Response:
+    try:
+        page = services.store.reader.page(
+            scope=scope, view=view, filters=filters.filter, limit=filters.limit, cursor=filters.cursor
+        )
+    except CursorError as exc:
+        raise _bad(str(exc)) from None
+    return _json({"items": [event_out(r) for r in page.items], "next_cursor": page.next_cursor})
+
+
+@router.get(
+    "/users/{user_id}/activity",
+    response_model=EventPage,
+    summary="User activity log: every task one IT user performed",
+    responses={403: {"description": "caller lacks Manage Infrastructure and Users"}},
+)
+def user_activity(
+    user_id: Annotated[str, Path(min_length=1, max_length=256)],
+    services: ServicesDep,
+    scope: Scope,
+    filters: FiltersDep,
+) -> Response:
+    if not may_read_activity_log(scope):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="the activity log needs Manage Infrastructure and Users"
+        )
+    return _page(services, scope, View(kind="activity", actor_id=user_id), filters)
+
+
+@router.get(
+    "/entities/{kind}/{entity_id}/changes",
+    response_model=EventPage,
+    summary="Entity change log: every task performed to one entity, as target or related",
+    responses={403: {"description": "caller may not read tasks performed to this entity"}},
+)
+def entity_changes(
+    kind: Annotated[str, Path(description=f"one of {', '.join(ENTITY_KINDS)}")],
+    entity_id: Annotated[str, Path(min_length=1, max_length=256)],
+    services: ServicesDep,
+    scope: Scope,
+    directory: CurrentDirectory,
+    filters: FiltersDep,
+) -> Response:
+    if kind not in ENTITY_KINDS:
+        raise _bad(f"unknown entity kind {kind[:64]!r}; expected one of {', '.join(ENTITY_KINDS)}")
+    if not may_read_entity(scope, directory, kind, entity_id):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"you may not read the change log of this {kind}")
+    return _page(services, scope, View(kind="entity", entity_kind=kind, entity_id=entity_id), filters)
+
+
+@router.get("/events", response_model=EventPage, summary="Global audit log: every task the caller may read")
+def global_log(services: ServicesDep, scope: Scope, filters: FiltersDep) -> Response:
+    return _page(services, scope, View(), filters)
+
+
+@router.get(
+    "/events/{event_id}",
+    summary="One event",
+    responses={404: {"description": "no such event, or not visible to the caller"}},
+)
+def one_event(event_id: UUID, services: ServicesDep, scope: Scope) -> Response:
+    row = services.store.reader.get(scope=scope, event_id=str(event_id))
+    if row is None:
+        # Not found and not allowed look the same: existence is not disclosed.
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such event")
+    return _json(event_out(row))
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_batch(body: bytes, content_type: str) -> list[Any]:
+    text = body.strip()
+    if not text:
+        raise _bad("empty body: send a JSON array of events, one JSON event, or NDJSON")
+    ndjson = "ndjson" in content_type or "jsonlines" in content_type or "x-ndjson" in content_type
+    if not ndjson:
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            if b"\n" not in text:
+                raise _bad(f"body is not valid JSON: {exc}") from None
+            ndjson = True
+        else:
+            return value if isinstance(value, list) else [value]
+    items = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            raise _bad(f"NDJSON line {number} is not valid JSON: {exc}") from None
+    return items
+
+
+@router.post(
+    "/events",
+    response_model=IngestResult,
+    summary="Ingest a batch of events (JSON array, one object, or NDJSON)",
+    responses={
+        403: {"description": "the key may not ingest"},
+        413: {"description": "body too large"},
+        422: {"description": "body is not JSON"},
+    },
+)
+async def ingest(request: Request, caller: CurrentCaller, services: ServicesDep) -> Response:
+    if not caller.can_ingest:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this API key may not ingest events")
+    body = await _read_body(request, services.settings.max_body_bytes)
+    items = _decode_batch(body, request.headers.get("content-type", ""))
+    if len(items) > services.settings.max_batch_events:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            detail=f"{len(items)} events in one batch; the limit is {services.settings.max_batch_events}",
+        )
+    received_at_ms = int(time.time() * 1000)
+    from starlette.concurrency import run_in_threadpool
+
+    report = await run_in_threadpool(services.ingestor.ingest, items, received_at_ms=received_at_ms)
+    body_out = report.to_dict()
+    return _json(body_out, status_code=200 if not body_out["rejected"] else 207)
+
+
+@router.get("/me", summary="The caller and what they may read")
+def me(caller: CurrentCaller, scope: Scope, directory: CurrentDirectory) -> Response:
+    user = directory.users.get(caller.user_id)
+    return _json(
+        {
+            "user_id": caller.user_id,
+            "name": user.name if user else None,
+            "can_ingest": caller.can_ingest,
+            "manage_infrastructure": scope.infra,
+            "manage_all_teams": scope.all_teams,
+            "managed_teams": sorted(scope.teams),
+            "list_all_applications": scope.all_apps,
+            "listed_applications": sorted(scope.apps),
+        }
+    )

@@ -1,0 +1,60 @@
+"""Stored rows back into the API's event shape (the contract's nesting, plus enrichment)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+
+def rfc3339_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _none_if_empty(value: str) -> str | None:
+    return value or None
+
+
+def event_out(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event_id": row["event_id"],
+        "schema_version": row["schema_version"],
+        "occurred_at": rfc3339_ms(int(row["occurred_at_ms"])),
+        "received_at": rfc3339_ms(int(row["received_at_ms"])),
+        "infrastructure": row["infrastructure"],
+        "environment": _none_if_empty(row["environment"]),
+        "actor": {
+            "id": row["actor_id"],
+            "name": _none_if_empty(row["actor_name"]),
+            "type": row["actor_type"],
+            "ip": _none_if_empty(row["actor_ip"]),
+            "user_agent": _none_if_empty(row["actor_user_agent"]),
+            "session_id": _none_if_empty(row["actor_session_id"]),
+        },
+        "action": row["action"],
+        "target": {
+            "kind": row["target_kind"],
+            "id": row["target_id"],
+            "name": _none_if_empty(row["target_name"]),
+        },
+        "related": [
+            {"kind": k, "id": i, "name": n or None}
+            for k, i, n in zip(row["related_kinds"], row["related_ids"], row["related_names"], strict=True)
+        ],
+        "outcome": row["outcome"],
+        "reason": _none_if_empty(row["reason"]),
+        "changes": orjson.loads(row["changes"]) if row["changes"] else [],
+        "details": orjson.loads(row["details"]) if row["details"] else {},
+        "source": {
+            "service": row["source_service"],
+            "host": row["source_host"],
+            "version": row["source_version"],
+        },
+        "request_id": _none_if_empty(row["request_id"]),
+        "correlation_id": _none_if_empty(row["correlation_id"]),
+        "enrichment": {
+            "plan_application_ids": row["plan_app_ids"],
+            "application_team_id": _none_if_empty(row["app_team_id"]),
+        },
+    }

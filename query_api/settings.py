@@ -1,0 +1,17 @@
+"""Settings of the query service. Env prefix AUDITLOG_API_."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUDITLOG_API_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="largest accepted POST body")
+    max_batch_events: int = Field(default=50_000, ge=1)
+    default_page_size: int = Field(default=50, ge=1, le=1000)
+    key_cache_seconds: float = Field(default=10.0, ge=0, description="how long a key lookup is trusted")

@@ -1,0 +1,173 @@
+"""Two interchangeable ClickHouse engines that run the same SQL.
+
+- `ChdbEngine`: ClickHouse in process (chDB), the embedded default. One data
+  directory per process, so pipeline and API share this object.
+- `ServerEngine`: a ClickHouse server or cluster through clickhouse-connect.
+
+Both take values only as server-side bound parameters (`{name:Type}` in the SQL),
+speak JSONEachRow in and out, and raise `StoreError` carrying the server's code.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import orjson
+
+Params = Mapping[str, Any]
+
+_CODE_RE = re.compile(r"Code:\s*(\d+)")
+
+
+class StoreError(RuntimeError):
+    """A failed statement. `code` is ClickHouse's error code when the server gave one."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> StoreError:
+        text = str(exc)
+        match = _CODE_RE.search(text)
+        code = int(match.group(1)) if match else getattr(exc, "code", None)
+        return cls(text.strip().splitlines()[0][:2000] if text else type(exc).__name__, code)
+
+
+class Engine(Protocol):
+    name: str
+
+    def query(self, sql: str, *, params: Params | None = None) -> list[dict[str, Any]]: ...
+
+    def command(self, sql: str, *, params: Params | None = None) -> None: ...
+
+    def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
+        """Insert newline-delimited JSON objects (JSONEachRow) into `table`."""
+        ...
+
+    def stream(self, sql: str, *, params: Params | None = None) -> Iterator[bytes]:
+        """The result as JSONEachRow chunks, without holding it all in memory."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _parse_json_each_row(data: bytes) -> list[dict[str, Any]]:
+    if not data:
+        return []
+    return [orjson.loads(line) for line in data.splitlines() if line]
+
+
+class ChdbEngine:
+    name = "chdb"
+
+    def __init__(self, path: str) -> None:
+        import chdb
+        from clickhouse_connect.driver.binding import format_bind_value
+
+        self._format = format_bind_value
+        self._path = path
+        try:
+            self._conn = chdb.connect(path)
+        except Exception as exc:
+            raise StoreError.from_exception(exc) from None
+        # chDB's connection is not safe for concurrent use; the API serves from a thread pool.
+        self._lock = threading.RLock()
+
+    def _params(self, params: Params | None) -> dict[str, str]:
+        return {k: self._format(v, None, True) for k, v in (params or {}).items()}
+
+    def _run(self, sql: str, params: Params | None, fmt: str) -> Any:
+        bound = self._params(params)
+        with self._lock:
+            try:
+                return self._conn.query(sql, fmt, params=bound)
+            except Exception as exc:
+                raise StoreError.from_exception(exc) from None
+
+    def query(self, sql: str, *, params: Params | None = None) -> list[dict[str, Any]]:
+        result = self._run(sql, params, "JSONEachRow")
+        return _parse_json_each_row(result.bytes())
+
+    def command(self, sql: str, *, params: Params | None = None) -> None:
+        self._run(sql, params, "CSV")
+
+    def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
+        cols = ", ".join(columns)
+        with self._lock:
+            try:
+                with self._conn.send_insert(f"INSERT INTO {table} ({cols})", "JSONEachRow") as ins:
+                    ins.append(data)
+                    ins.finish()
+            except Exception as exc:
+                raise StoreError.from_exception(exc) from None
+
+    def stream(self, sql: str, *, params: Params | None = None) -> Iterator[bytes]:
+        bound = self._params(params)
+        # The lock is held for the whole stream: chDB runs one statement at a time.
+        with self._lock:
+            try:
+                result = self._conn.send_query(sql, "JSONEachRow", params=bound)
+            except TypeError:
+                result = self._conn.send_query(sql, "JSONEachRow")
+            except Exception as exc:
+                raise StoreError.from_exception(exc) from None
+            try:
+                for chunk in result:
+                    data = chunk.bytes() if hasattr(chunk, "bytes") else bytes(chunk)
+                    if data:
+                        yield data
+            except Exception as exc:
+                raise StoreError.from_exception(exc) from None
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class ServerEngine:
+    name = "clickhouse"
+
+    def __init__(self, url: str, **settings: Any) -> None:
+        import clickhouse_connect
+
+        try:
+            self._client = clickhouse_connect.get_client(dsn=url, **settings)
+        except Exception as exc:
+            raise StoreError.from_exception(exc) from None
+
+    def query(self, sql: str, *, params: Params | None = None) -> list[dict[str, Any]]:
+        try:
+            data = self._client.raw_query(sql, parameters=dict(params or {}), fmt="JSONEachRow")
+        except Exception as exc:
+            raise StoreError.from_exception(exc) from None
+        return _parse_json_each_row(bytes(data))
+
+    def command(self, sql: str, *, params: Params | None = None) -> None:
+        try:
+            self._client.command(sql, parameters=dict(params or {}))
+        except Exception as exc:
+            raise StoreError.from_exception(exc) from None
+
+    def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
+        try:
+            self._client.raw_insert(table, column_names=list(columns), insert_block=data, fmt="JSONEachRow")
+        except Exception as exc:
+            raise StoreError.from_exception(exc) from None
+
+    def stream(self, sql: str, *, params: Params | None = None) -> Iterator[bytes]:
+        try:
+            with self._client.raw_stream(sql, parameters=dict(params or {}), fmt="JSONEachRow") as chunks:
+                yield from chunks
+        except Exception as exc:
+            raise StoreError.from_exception(exc) from None
+
+    def close(self) -> None:
+        self._client.close()

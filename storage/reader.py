@@ -1,0 +1,213 @@
+"""The reader: scoped, filtered, newest-first pages with keyset cursors.
+
+Every query takes a `ReadScope` and ANDs its predicate first; there is no way to
+read `audit_events` through this module without one. Filters are bound
+parameters; only fixed column names and operators are written into the SQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+import orjson
+
+from storage.engine import Engine
+from storage.migrations import check_identifier
+from storage.read_scope import ReadScope
+from storage.record import PUBLIC_COLUMNS, entity_key
+
+MAX_PAGE = 1000
+
+_SELECT = ", ".join(
+    [c for c in PUBLIC_COLUMNS if c not in ("occurred_at", "received_at")]
+    + [
+        "toUnixTimestamp64Milli(occurred_at) AS occurred_at_ms",
+        "toUnixTimestamp64Milli(received_at) AS received_at_ms",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Filters shared by every view. Empty means no constraint."""
+
+    since_ms: int | None = None
+    until_ms: int | None = None
+    actor_ids: Sequence[str] = ()
+    actions: Sequence[str] = ()
+    action_prefixes: Sequence[str] = ()
+    kinds: Sequence[str] = ()
+    entities: Sequence[tuple[str, str]] = ()
+    environments: Sequence[str] = ()
+    outcomes: Sequence[str] = ()
+    infrastructures: Sequence[str] = ()
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(orjson.dumps(self.__dict__, default=list)).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class View:
+    """Which log: the global one, one user's activity, or one entity's change log."""
+
+    kind: Literal["global", "activity", "entity"] = "global"
+    actor_id: str = ""
+    entity_kind: str = ""
+    entity_id: str = ""
+
+    def fingerprint(self) -> str:
+        return f"{self.kind}:{self.actor_id}:{self.entity_kind}:{self.entity_id}"
+
+
+class CursorError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Cursor:
+    occurred_at_ms: int
+    event_id: str
+    query: str
+
+    def encode(self) -> str:
+        raw = orjson.dumps([self.occurred_at_ms, self.event_id, self.query])
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @staticmethod
+    def decode(token: str, *, query: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            ts, event_id, fp = orjson.loads(raw)
+            if not isinstance(ts, int) or isinstance(ts, bool):
+                raise TypeError
+            UUID(event_id)
+        except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+            raise CursorError("cursor is not valid: pass next_cursor from a previous page unchanged") from None
+        if fp != query:
+            raise CursorError("cursor belongs to a different query: keep the same filters while paging")
+        return Cursor(ts, event_id, fp)
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _where(view: View, flt: EventFilter, scope: ReadScope) -> tuple[list[str], dict[str, Any]]:
+    if not isinstance(scope, ReadScope):
+        raise TypeError("every read needs a ReadScope from query_api.permissions.scope_for")
+    scope_sql, params = scope.predicate()
+    clauses = [f"({scope_sql})"]
+    if view.kind == "activity":
+        clauses.append("actor_id = {v_actor:String}")
+        params["v_actor"] = view.actor_id
+    elif view.kind == "entity":
+        clauses.append("has(entity_keys, {v_entity:String})")
+        params["v_entity"] = entity_key(view.entity_kind, view.entity_id)
+    if flt.since_ms is not None:
+        clauses.append("occurred_at >= fromUnixTimestamp64Milli({f_since:Int64}, 'UTC')")
+        params["f_since"] = flt.since_ms
+    if flt.until_ms is not None:
+        clauses.append("occurred_at < fromUnixTimestamp64Milli({f_until:Int64}, 'UTC')")
+        params["f_until"] = flt.until_ms
+    if flt.actor_ids:
+        clauses.append("actor_id IN {f_actors:Array(String)}")
+        params["f_actors"] = list(flt.actor_ids)
+    action_terms = []
+    if flt.actions:
+        action_terms.append("action IN {f_actions:Array(String)}")
+        params["f_actions"] = list(flt.actions)
+    for i, prefix in enumerate(flt.action_prefixes):
+        action_terms.append(f"startsWith(action, {{f_action_prefix_{i}:String}})")
+        params[f"f_action_prefix_{i}"] = prefix
+    if action_terms:
+        clauses.append("(" + " OR ".join(action_terms) + ")")
+    if flt.kinds:
+        clauses.append("target_kind IN {f_kinds:Array(String)}")
+        params["f_kinds"] = list(flt.kinds)
+    if flt.entities:
+        clauses.append("hasAny(entity_keys, {f_entities:Array(String)})")
+        params["f_entities"] = [entity_key(k, i) for k, i in flt.entities]
+    if flt.environments:
+        clauses.append("environment IN {f_envs:Array(String)}")
+        params["f_envs"] = list(flt.environments)
+    if flt.outcomes:
+        clauses.append("outcome IN {f_outcomes:Array(String)}")
+        params["f_outcomes"] = list(flt.outcomes)
+    if flt.infrastructures:
+        clauses.append("infrastructure IN {f_infras:Array(String)}")
+        params["f_infras"] = list(flt.infrastructures)
+    return clauses, params
+
+
+class EventReader:
+    def __init__(self, engine: Engine, *, database: str) -> None:
+        self._engine = engine
+        self._db = check_identifier(database)
+
+    def page(
+        self,
+        *,
+        scope: ReadScope,
+        view: View,
+        filters: EventFilter,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        clauses, params = _where(view, filters, scope)
+        fingerprint = hashlib.sha256(f"{view.fingerprint()}|{filters.fingerprint()}".encode()).hexdigest()[:16]
+        if cursor:
+            after = Cursor.decode(cursor, query=fingerprint)
+            clauses.append(
+                "(occurred_at, event_id) < (fromUnixTimestamp64Milli({c_ts:Int64}, 'UTC'), toUUID({c_id:String}))"
+            )
+            params["c_ts"] = after.occurred_at_ms
+            params["c_id"] = after.event_id
+        params["limit"] = limit + 1
+        sql = (
+            f"SELECT {_SELECT} FROM {self._db}.audit_events WHERE {' AND '.join(clauses)} "
+            "ORDER BY occurred_at DESC, event_id DESC LIMIT {limit:UInt32}"
+        )
+        rows = self._engine.query(sql, params=params)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            next_cursor = Cursor(int(last["occurred_at_ms"]), last["event_id"], fingerprint).encode()
+        return Page(items=rows, next_cursor=next_cursor)
+
+    def get(self, *, scope: ReadScope, event_id: str) -> dict[str, Any] | None:
+        clauses, params = _where(View(), EventFilter(), scope)
+        clauses.append("event_id = toUUID({e_id:String})")
+        params["e_id"] = event_id
+        rows = self._engine.query(
+            f"SELECT {_SELECT} FROM {self._db}.audit_events WHERE {' AND '.join(clauses)} LIMIT 1",
+            params=params,
+        )
+        return rows[0] if rows else None
+
+    def stream(self, *, scope: ReadScope, view: View, filters: EventFilter) -> Iterator[bytes]:
+        """Every matching row, newest first, as JSONEachRow chunks (for exports)."""
+        clauses, params = _where(view, filters, scope)
+        sql = (
+            f"SELECT {_SELECT} FROM {self._db}.audit_events WHERE {' AND '.join(clauses)} "
+            "ORDER BY occurred_at DESC, event_id DESC"
+        )
+        return self._engine.stream(sql, params=params)
+
+    def count(self, *, scope: ReadScope, view: View, filters: EventFilter) -> int:
+        clauses, params = _where(view, filters, scope)
+        rows = self._engine.query(
+            f"SELECT count() AS n FROM {self._db}.audit_events WHERE {' AND '.join(clauses)}", params=params
+        )
+        return int(rows[0]["n"])

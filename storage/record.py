@@ -1,0 +1,61 @@
+"""The stored record: one row of `audit_events`, the contract flattened plus enrichment.
+
+`COLUMNS` is the single list of stored columns, in insert order; the writer, the
+reader and a schema test all use it, so the table and the code cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+COLUMNS: Final[tuple[tuple[str, str], ...]] = (
+    ("event_id", "UUID"),
+    ("schema_version", "UInt8"),
+    ("occurred_at", "DateTime64(3, 'UTC')"),
+    ("received_at", "DateTime64(3, 'UTC')"),
+    ("infrastructure", "LowCardinality(String)"),
+    ("environment", "LowCardinality(String)"),
+    ("actor_id", "String"),
+    ("actor_name", "String"),
+    ("actor_type", "LowCardinality(String)"),
+    ("actor_ip", "String"),
+    ("actor_user_agent", "String"),
+    ("actor_session_id", "String"),
+    ("action", "LowCardinality(String)"),
+    ("target_kind", "LowCardinality(String)"),
+    ("target_id", "String"),
+    ("target_name", "String"),
+    ("related_kinds", "Array(LowCardinality(String))"),
+    ("related_ids", "Array(String)"),
+    ("related_names", "Array(String)"),
+    ("entity_keys", "Array(String)"),
+    ("outcome", "LowCardinality(String)"),
+    ("reason", "String"),
+    ("changes", "String"),
+    ("details", "String"),
+    ("source_service", "LowCardinality(String)"),
+    ("source_host", "String"),
+    ("source_version", "LowCardinality(String)"),
+    ("request_id", "String"),
+    ("correlation_id", "String"),
+    ("plan_app_ids", "Array(String)"),
+    ("app_team_id", "String"),
+    ("read_scope", "Array(String)"),
+    ("ingest_source", "LowCardinality(String)"),
+    ("kafka_topic", "LowCardinality(String)"),
+    ("kafka_partition", "Int32"),
+    ("kafka_offset", "Int64"),
+)
+
+COLUMN_NAMES: Final[tuple[str, ...]] = tuple(name for name, _ in COLUMNS)
+
+# Columns returned by the API; lineage and scope stay internal.
+PUBLIC_COLUMNS: Final[tuple[str, ...]] = tuple(
+    c for c in COLUMN_NAMES if c not in {"read_scope", "kafka_topic", "kafka_partition", "kafka_offset"}
+)
+
+Row = dict[str, Any]
+
+
+def entity_key(kind: str, ident: str) -> str:
+    return f"{kind}/{ident}"

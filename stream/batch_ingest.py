@@ -1,0 +1,86 @@
+"""Embedded ingestion: decoded JSON values through parse -> normalize -> enrich -> write.
+
+The same steps the Kafka worker runs, without Kafka: used by the HTTP ingest
+endpoint in embedded mode, `auditlog ingest FILE` and the demo. Each event is
+judged alone; valid events of a batch are stored even when others are rejected,
+and rejected ones are kept in `dead_letters` with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from producers.contract import InvalidEvent, parse_event
+from producers.directory import Directory
+from storage.store import Store
+from storage.writer import DeadLetter
+from stream.steps import Lineage, ms_to_ch_time, process
+
+
+@dataclass(frozen=True)
+class Rejection:
+    index: int
+    event_id: str | None
+    reason: str
+    errors: list[dict[str, str]]
+
+
+@dataclass
+class IngestReport:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "rejected": [r.__dict__ for r in self.rejected],
+        }
+
+
+class BatchIngestor:
+    def __init__(self, store: Store, directory: Callable[[], Directory], *, source: str = "api") -> None:
+        self._store = store
+        self._directory = directory
+        self._source = source
+
+    def ingest(self, items: Sequence[Any], *, received_at_ms: int) -> IngestReport:
+        report = IngestReport(received=len(items))
+        directory = self._directory()
+        lineage = Lineage(source=self._source, received_at_ms=received_at_ms)
+        rows = []
+        letters = []
+        for index, item in enumerate(items):
+            try:
+                rows.append(process(parse_event(item), directory, lineage))
+            except InvalidEvent as exc:
+                event_id = item.get("event_id") if isinstance(item, dict) else None
+                report.rejected.append(
+                    Rejection(
+                        index=index,
+                        event_id=event_id if isinstance(event_id, str) else None,
+                        reason=exc.reason,
+                        errors=[e.model_dump() for e in exc.errors],
+                    )
+                )
+                letters.append(
+                    DeadLetter(
+                        received_at=ms_to_ch_time(received_at_ms),
+                        source=self._source,
+                        reason=exc.reason,
+                        payload=orjson.dumps(item, default=str),
+                    )
+                )
+        result = self._store.writer.write(rows)
+        self._store.writer.write_dead_letters(letters)
+        report.stored = result.inserted
+        report.duplicates = result.duplicates
+        return report
+

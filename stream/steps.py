@@ -1,0 +1,170 @@
+"""The pure steps of the pipeline: normalize, then enrich into a stored row.
+
+No I/O and no clock: every output is a function of the event, the directory and
+the lineage handed in, so that replaying the same input gives identical rows.
+They do not know whether they run inside faust, the HTTP ingest or the demo.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from producers.contract import AuditEvent, EntityRef
+from producers.directory import Directory
+from storage.read_scope import row_scope
+from storage.record import COLUMN_NAMES, Row, entity_key
+
+# Producers in the wild abbreviate entity kinds; the store speaks one vocabulary.
+_KIND_ALIASES = {
+    "app": "application",
+    "apps": "application",
+    "applications": "application",
+    "plan": "deployment_plan",
+    "deploymentplan": "deployment_plan",
+    "deployment_plans": "deployment_plan",
+    "env": "environment",
+    "environments": "environment",
+    "infra": "infrastructure",
+    "users": "user",
+    "teams": "team",
+    "roles": "role",
+}
+_SEPARATORS = re.compile(r"[\s\-]+")
+_UNDERSCORES = re.compile(r"_+")
+
+
+def canonical_action(action: str) -> str:
+    """`Application.Deploy`, `app.deploy`, `application.re-deploy ` -> `application.deploy`-style names."""
+    kind, _, verb = action.strip().partition(".")
+    kind = _UNDERSCORES.sub("_", _SEPARATORS.sub("_", kind.strip().lower()))
+    kind = _KIND_ALIASES.get(kind.replace("_", ""), _KIND_ALIASES.get(kind, kind))
+    verb = _UNDERSCORES.sub("_", _SEPARATORS.sub("_", verb.strip().lower())).strip("_")
+    return f"{kind}.{verb}"
+
+
+def _ms(ts: datetime) -> datetime:
+    ts = ts.astimezone(UTC)
+    return ts.replace(microsecond=(ts.microsecond // 1000) * 1000)
+
+
+def _clean_ref(ref: EntityRef) -> EntityRef:
+    name = ref.name.strip() if ref.name else None
+    return ref if name == ref.name else ref.model_copy(update={"name": name})
+
+
+def normalize(event: AuditEvent) -> AuditEvent:
+    """Canonical action name, UTC millisecond time, trimmed names, related entities deduplicated."""
+    seen: set[tuple[str, str]] = {(event.target.kind, event.target.id)}
+    related = []
+    for ref in event.related:
+        if (ref.kind, ref.id) not in seen:
+            seen.add((ref.kind, ref.id))
+            related.append(_clean_ref(ref))
+    environment = event.environment.strip() if event.environment else None
+    return event.model_copy(
+        update={
+            "action": canonical_action(event.action),
+            "occurred_at": _ms(event.occurred_at),
+            "target": _clean_ref(event.target),
+            "related": related,
+            "environment": environment or None,
+        }
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """Where a row came from. `received_at_ms` is the broker timestamp, or the edge's receipt time."""
+
+    source: str
+    received_at_ms: int
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+def format_ch_time(ts: datetime) -> str:
+    """DateTime64(3) literal in UTC, the form ClickHouse parses fastest from JSONEachRow."""
+    ts = ts.astimezone(UTC)
+    return ts.strftime("%Y-%m-%d %H:%M:%S.") + f"{ts.microsecond // 1000:03d}"
+
+
+def ms_to_ch_time(ms: int) -> str:
+    return format_ch_time(datetime.fromtimestamp(ms / 1000, tz=UTC))
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode()
+
+
+def _name(directory: Directory, ref: EntityRef) -> str:
+    return directory.display_name(ref.kind, ref.id) or ref.name or ""
+
+
+def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
+    """A normalized event as a stored row: display names, plan applications, team, read scope."""
+    target = event.target
+    plan_apps: list[str] = []
+    if target.kind == "deployment_plan":
+        known = directory.plan_applications(target.id)
+        if known is not None:
+            plan_apps = sorted(set(known))
+        else:
+            # A plan the directory has not heard of yet: trust the event's own list.
+            plan_apps = sorted({r.id for r in event.related if r.kind == "application"})
+    app_team = directory.application_team(target.id) if target.kind == "application" else None
+
+    actor = event.actor
+    actor_name = (directory.display_name("user", actor.id) if actor.type == "user" else None) or actor.name
+    keys = [entity_key(target.kind, target.id)] + [entity_key(r.kind, r.id) for r in event.related]
+
+    row: Row = {
+        "event_id": str(event.event_id),
+        "schema_version": event.schema_version,
+        "occurred_at": format_ch_time(event.occurred_at),
+        "received_at": ms_to_ch_time(lineage.received_at_ms),
+        "infrastructure": event.infrastructure,
+        "environment": event.environment or "",
+        "actor_id": actor.id,
+        "actor_name": actor_name or "",
+        "actor_type": actor.type,
+        "actor_ip": actor.ip or "",
+        "actor_user_agent": actor.user_agent or "",
+        "actor_session_id": actor.session_id or "",
+        "action": event.action,
+        "target_kind": target.kind,
+        "target_id": target.id,
+        "target_name": _name(directory, target),
+        "related_kinds": [r.kind for r in event.related],
+        "related_ids": [r.id for r in event.related],
+        "related_names": [_name(directory, r) for r in event.related],
+        "entity_keys": keys,
+        "outcome": event.outcome,
+        "reason": event.reason or "",
+        "changes": _json([c.model_dump(mode="json") for c in event.changes]),
+        "details": _json(event.details),
+        "source_service": event.source.service,
+        "source_host": event.source.host,
+        "source_version": event.source.version,
+        "request_id": event.request_id or "",
+        "correlation_id": event.correlation_id or "",
+        "plan_app_ids": plan_apps,
+        "app_team_id": app_team or "",
+        "read_scope": row_scope(target.kind, target.id, plan_apps),
+        "ingest_source": lineage.source,
+        "kafka_topic": lineage.topic,
+        "kafka_partition": lineage.partition,
+        "kafka_offset": lineage.offset,
+    }
+    assert tuple(row) == COLUMN_NAMES, "enrich must emit every stored column, in order"
+    return row
+
+
+def process(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
+    """normalize then enrich: the whole per-event transformation."""
+    return enrich(normalize(event), directory, lineage)
