@@ -18,7 +18,9 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _store_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", type=Path, help="chDB data folder (env AUDITLOG_STORE_PATH; default ./auditlog-data)")
+    p.add_argument(
+        "--store", type=Path, help="chDB data folder (env AUDITLOG_STORE_PATH; default ./auditlog-data)"
+    )
 
 
 def _open_store(args: argparse.Namespace) -> Store:
@@ -73,7 +75,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         totals["duplicates"] += report.duplicates
         totals["rejected"] += len(report.rejected)
         for r in report.rejected[:5]:
-            print(f"  rejected line {totals['received'] - report.received + r.index + 1}: {r.reason}", file=sys.stderr)
+            print(
+                f"  rejected line {totals['received'] - report.received + r.index + 1}: {r.reason}",
+                file=sys.stderr,
+            )
         batch.clear()
         print(f"\r{totals['received']:,} read, {totals['stored']:,} stored", end="", file=sys.stderr)
 
@@ -118,7 +123,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="auditlog", description="Audit log pipeline of the infrastructure console")
+    parser = argparse.ArgumentParser(
+        prog="auditlog", description="Audit log pipeline of the infrastructure console"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -177,7 +184,9 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentPars
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     func: Command = args.func
     try:
         return func(args)

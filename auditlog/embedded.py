@@ -21,7 +21,9 @@ class Embedded:
     app: FastAPI
 
 
-def build_embedded(store: Store, *, api_settings: ApiSettings | None = None, directory: Directory | None = None) -> Embedded:
+def build_embedded(
+    store: Store, *, api_settings: ApiSettings | None = None, directory: Directory | None = None
+) -> Embedded:
     settings = api_settings or ApiSettings()
     directories = DirectorySource(store)
     if directory is not None:

@@ -47,9 +47,7 @@ class EntityKind(StrEnum):
 
 
 ENTITY_KINDS: tuple[str, ...] = tuple(k.value for k in EntityKind)
-KindName = Literal[
-    "application", "deployment_plan", "user", "team", "role", "environment", "infrastructure"
-]
+KindName = Literal["application", "deployment_plan", "user", "team", "role", "environment", "infrastructure"]
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, strip_whitespace=True)]
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME_LEN)]
@@ -83,9 +81,13 @@ def _check_ip(value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError("must be an IPv4 or IPv6 address string")
     try:
-        return str(ipaddress.ip_address(value))
+        addr = ipaddress.ip_address(value)
     except ValueError:
         raise ValueError(f"{value[:64]!r} is not an IPv4 or IPv6 address") from None
+    # An IPv4 client seen through a dual-stack socket is still an IPv4 client to an analyst.
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
 
 
 _Strict = ConfigDict(extra="forbid", strict=True, frozen=True)

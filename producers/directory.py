@@ -218,7 +218,7 @@ class Directory(BaseModel):
         for kind, plural in _PLURAL.items():
             for ident, entity in sorted(getattr(self, plural).items()):
                 out.append(
-                    DirectorySnapshot(kind=kind, id=ident, entity=entity.model_dump(mode="json"))  # type: ignore[arg-type]
+                    DirectorySnapshot(kind=kind, id=ident, entity=entity.model_dump(mode="json"))
                 )
         return out
 

@@ -40,7 +40,9 @@ def create_app(services: Services) -> FastAPI:
         ]
         message = "; ".join(f"{e['parameter']}: {e['problem']}" for e in errors[:5])
         return Response(
-            orjson.dumps({"detail": message, "errors": errors}), status_code=422, media_type="application/json"
+            orjson.dumps({"detail": message, "errors": errors}),
+            status_code=422,
+            media_type="application/json",
         )
 
     @app.exception_handler(StoreError)

@@ -58,12 +58,16 @@ class Filters:
 
     def __init__(
         self,
-        since: Annotated[datetime | None, Query(description="only tasks at or after this time (RFC 3339)")] = None,
+        since: Annotated[
+            datetime | None, Query(description="only tasks at or after this time (RFC 3339)")
+        ] = None,
         until: Annotated[datetime | None, Query(description="only tasks before this time (RFC 3339)")] = None,
         actor: Annotated[list[str], Query(description="actor id; repeat for several", max_length=100)] = [],  # noqa: B006
         action: Annotated[
             list[str],
-            Query(description="exact action, or a prefix ending in * (e.g. role.*); repeatable", max_length=100),
+            Query(
+                description="exact action, or a prefix ending in * (e.g. role.*); repeatable", max_length=100
+            ),
         ] = [],  # noqa: B006
         entity_kind: Annotated[list[KindName], Query(description="target entity kind; repeatable")] = [],  # noqa: B006
         entity: Annotated[
@@ -74,7 +78,9 @@ class Filters:
         outcome: Annotated[list[Outcome], Query()] = [],  # noqa: B006
         infrastructure: Annotated[list[str], Query(max_length=100)] = [],  # noqa: B006
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")] = 50,
-        cursor: Annotated[str | None, Query(max_length=2048, description="next_cursor of the previous page")] = None,
+        cursor: Annotated[
+            str | None, Query(max_length=2048, description="next_cursor of the previous page")
+        ] = None,
     ) -> None:
         since_ms, until_ms = _to_ms(since, "since"), _to_ms(until, "until")
         if since_ms is not None and until_ms is not None and since_ms >= until_ms:
@@ -94,7 +100,10 @@ class Filters:
             if not sep or not ident or len(ident) > 256:
                 raise _bad(f"entity {ref[:64]!r} must look like KIND/ID, e.g. application/app-42")
             if kind not in ENTITY_KINDS:
-                raise _bad(f"entity {ref[:64]!r}: unknown kind {kind[:32]!r}; expected one of {', '.join(ENTITY_KINDS)}")
+                raise _bad(
+                    f"entity {ref[:64]!r}: unknown kind {kind[:32]!r}; "
+                    f"expected one of {', '.join(ENTITY_KINDS)}"
+                )
             entities.append((kind, ident))
         self.filter = EventFilter(
             since_ms=since_ms,
@@ -161,7 +170,9 @@ def entity_changes(
     if kind not in ENTITY_KINDS:
         raise _bad(f"unknown entity kind {kind[:64]!r}; expected one of {', '.join(ENTITY_KINDS)}")
     if not may_read_entity(scope, directory, kind, entity_id):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"you may not read the change log of this {kind}")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail=f"you may not read the change log of this {kind}"
+        )
     return _page(services, scope, View(kind="entity", entity_kind=kind, entity_id=entity_id), filters)
 
 

@@ -71,7 +71,7 @@ class ChdbEngine:
         self._format = format_bind_value
         self._path = path
         try:
-            self._conn = chdb.connect(path)
+            self._conn = chdb.connect(path)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise StoreError.from_exception(exc) from None
         # chDB's connection is not safe for concurrent use; the API serves from a thread pool.

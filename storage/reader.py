@@ -88,7 +88,9 @@ class Cursor:
                 raise TypeError
             UUID(event_id)
         except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-            raise CursorError("cursor is not valid: pass next_cursor from a previous page unchanged") from None
+            raise CursorError(
+                "cursor is not valid: pass next_cursor from a previous page unchanged"
+            ) from None
         if fp != query:
             raise CursorError("cursor belongs to a different query: keep the same filters while paging")
         return Cursor(ts, event_id, fp)
@@ -165,11 +167,14 @@ class EventReader:
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
         clauses, params = _where(view, filters, scope)
-        fingerprint = hashlib.sha256(f"{view.fingerprint()}|{filters.fingerprint()}".encode()).hexdigest()[:16]
+        fingerprint = hashlib.sha256(f"{view.fingerprint()}|{filters.fingerprint()}".encode()).hexdigest()[
+            :16
+        ]
         if cursor:
             after = Cursor.decode(cursor, query=fingerprint)
             clauses.append(
-                "(occurred_at, event_id) < (fromUnixTimestamp64Milli({c_ts:Int64}, 'UTC'), toUUID({c_id:String}))"
+                "(occurred_at, event_id) < "
+                "(fromUnixTimestamp64Milli({c_ts:Int64}, 'UTC'), toUUID({c_id:String}))"
             )
             params["c_ts"] = after.occurred_at_ms
             params["c_id"] = after.event_id

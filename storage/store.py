@@ -65,7 +65,9 @@ class DirectoryRepository:
             for s in snapshots
         )
         self._engine.insert_json(
-            f"{self._db}.directory_snapshots", columns=("kind", "id", "version", "deleted", "entity"), data=data
+            f"{self._db}.directory_snapshots",
+            columns=("kind", "id", "version", "deleted", "entity"),
+            data=data,
         )
 
     def replace(self, directory: Directory) -> None:
@@ -123,7 +125,9 @@ class KeyRepository:
 
 
 class Store:
-    def __init__(self, engine: Engine, *, database: str = "auditlog", insert_chunk_rows: int = 50_000) -> None:
+    def __init__(
+        self, engine: Engine, *, database: str = "auditlog", insert_chunk_rows: int = 50_000
+    ) -> None:
         self.engine = engine
         self.database = check_identifier(database)
         migrate(engine, self.database)

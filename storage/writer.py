@@ -51,7 +51,8 @@ class EventWriter:
         times = [r["occurred_at"] for r in rows]
         found = self._engine.query(
             f"SELECT DISTINCT toString(event_id) AS id FROM {self._db}.audit_events "
-            "WHERE occurred_at BETWEEN toDateTime64({lo:String}, 3, 'UTC') AND toDateTime64({hi:String}, 3, 'UTC') "
+            "WHERE occurred_at BETWEEN toDateTime64({lo:String}, 3, 'UTC') "
+            "AND toDateTime64({hi:String}, 3, 'UTC') "
             "AND event_id IN {ids:Array(UUID)}",
             params={"lo": min(times), "hi": max(times), "ids": [r["event_id"] for r in rows]},
         )

@@ -83,4 +83,3 @@ class BatchIngestor:
         report.stored = result.inserted
         report.duplicates = result.duplicates
         return report
-
