@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from producers.contract import ENTITY_KINDS, KindName
 from query_api.deps import CurrentCaller, CurrentDirectory, Scope, ServicesDep
 from query_api.permissions import may_read_activity_log, may_read_entity
+from query_api.search import SearchSyntaxError, compile_query
 from query_api.serialize import event_out
 from storage.read_scope import ReadScope
 from storage.reader import MAX_PAGE, CursorError, EventFilter, View
@@ -77,6 +78,13 @@ class Filters:
         environment: Annotated[list[str], Query(max_length=100)] = [],  # noqa: B006
         outcome: Annotated[list[Outcome], Query()] = [],  # noqa: B006
         infrastructure: Annotated[list[str], Query(max_length=100)] = [],  # noqa: B006
+        q: Annotated[
+            str | None,
+            Query(
+                max_length=2000,
+                description="search, e.g. `actor:u-1 action:role.* -outcome:success after:-7d \"timeout\"`",
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")] = 50,
         cursor: Annotated[
             str | None, Query(max_length=2048, description="next_cursor of the previous page")
@@ -105,6 +113,12 @@ class Filters:
                     f"expected one of {', '.join(ENTITY_KINDS)}"
                 )
             entities.append((kind, ident))
+        search = None
+        if q is not None and q.strip():
+            try:
+                search = compile_query(q, now=datetime.now(UTC))
+            except SearchSyntaxError as exc:
+                raise _bad(f"query parameter q: {exc}") from None
         self.filter = EventFilter(
             since_ms=since_ms,
             until_ms=until_ms,
@@ -116,6 +130,7 @@ class Filters:
             environments=tuple(environment),
             outcomes=tuple(outcome),
             infrastructures=tuple(infrastructure),
+            search=search,
         )
         self.limit = limit
         self.cursor = cursor

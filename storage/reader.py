@@ -34,6 +34,14 @@ _SELECT = ", ".join(
 
 
 @dataclass(frozen=True)
+class SearchClause:
+    """A compiled search (query_api.search): SQL over this table's columns, values bound."""
+
+    sql: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class EventFilter:
     """Filters shared by every view. Empty means no constraint."""
 
@@ -47,9 +55,13 @@ class EventFilter:
     environments: Sequence[str] = ()
     outcomes: Sequence[str] = ()
     infrastructures: Sequence[str] = ()
+    search: SearchClause | None = None
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(orjson.dumps(self.__dict__, default=list)).hexdigest()[:16]
+        data = {k: v for k, v in self.__dict__.items() if k != "search"}
+        if self.search is not None:
+            data["search"] = [self.search.sql, self.search.params]
+        return hashlib.sha256(orjson.dumps(data, default=list)).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,9 @@ def _where(view: View, flt: EventFilter, scope: ReadScope) -> tuple[list[str], d
     if flt.infrastructures:
         clauses.append("infrastructure IN {f_infras:Array(String)}")
         params["f_infras"] = list(flt.infrastructures)
+    if flt.search is not None:
+        clauses.append(f"({flt.search.sql})")
+        params.update(flt.search.params)
     return clauses, params
 
 
