@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -9,6 +10,7 @@ from fastapi import FastAPI
 from producers.directory import Directory
 from query_api.app import create_app
 from query_api.deps import DirectorySource, KeyCache, Services
+from query_api.read_audit import ReadAuditor
 from query_api.settings import ApiSettings
 from storage.store import Store
 from stream.batch_ingest import BatchIngestor
@@ -29,11 +31,19 @@ def build_embedded(
     if directory is not None:
         directories.replace(directory)
     ingestor = BatchIngestor(store, directories.get, source="api")
+    auditor = None
+    if settings.audit_reads:
+        auditor = ReadAuditor(
+            BatchIngestor(store, directories.get, source="read-audit"),
+            infrastructure=settings.infrastructure,
+            service_host=socket.gethostname(),
+        )
     services = Services(
         store=store,
         directory=directories,
         keys=KeyCache(store, ttl=settings.key_cache_seconds),
         ingestor=ingestor,
         settings=settings,
+        auditor=auditor,
     )
     return Embedded(store=store, services=services, app=create_app(services))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -21,7 +23,16 @@ def _where(loc: tuple[Any, ...]) -> str:
 
 
 def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if services.auditor is not None:
+            services.auditor.start()
+        yield
+        if services.auditor is not None:
+            services.auditor.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="auditlog",
         version="0.1.0",
         description=(

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from producers.directory import Directory
 from query_api.permissions import Caller, scope_for
+from query_api.read_audit import ReadAuditor
 from query_api.settings import ApiSettings
 from storage.read_scope import ReadScope
 from storage.store import ApiKey, Store
@@ -77,6 +78,7 @@ class Services:
     keys: KeyCache
     ingestor: Ingestor
     settings: ApiSettings
+    auditor: ReadAuditor | None = None
 
 
 def get_services(request: Request) -> Services:
@@ -88,22 +90,41 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer alk_...`")
 
+# The viewer keeps the key in this HttpOnly cookie; reads accept it, writes need the header.
+SESSION_COOKIE = "auditlog_key"
+
+
+def caller_from_key(services: Services, key: str | None, *, via_cookie: bool = False) -> Caller | None:
+    if not key:
+        return None
+    found = services.keys.lookup(key)
+    if found is None:
+        return None
+    return Caller(
+        user_id=found.user_id,
+        can_ingest=found.can_ingest and not via_cookie,
+        key_label=found.label,
+    )
+
 
 def get_caller(
+    request: Request,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    unauthorized = HTTPException(
-        status.HTTP_401_UNAUTHORIZED,
-        detail="a valid API key is required: send 'Authorization: Bearer <key>'",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise unauthorized
-    key = services.keys.lookup(credentials.credentials)
-    if key is None:
-        raise unauthorized
-    return Caller(user_id=key.user_id, can_ingest=key.can_ingest, key_label=key.label)
+    caller = None
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        caller = caller_from_key(services, credentials.credentials)
+    elif credentials is None:
+        # A cookie never grants ingest: a cross-site form post must not write events.
+        caller = caller_from_key(services, request.cookies.get(SESSION_COOKIE), via_cookie=True)
+    if caller is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="a valid API key is required: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return caller
 
 
 CurrentCaller = Annotated[Caller, Depends(get_caller)]

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from producers.contract import ENTITY_KINDS, KindName
-from query_api.deps import CurrentCaller, CurrentDirectory, Scope, ServicesDep
-from query_api.permissions import may_read_activity_log, may_read_entity
+from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
+from query_api.permissions import Caller, may_read_activity_log, may_read_entity
 from query_api.search import SearchSyntaxError, compile_query
 from query_api.serialize import event_out
 from storage.read_scope import ReadScope
@@ -82,7 +87,7 @@ class Filters:
             str | None,
             Query(
                 max_length=2000,
-                description="search, e.g. `actor:u-1 action:role.* -outcome:success after:-7d \"timeout\"`",
+                description='search, e.g. `actor:u-1 action:role.* -outcome:success after:-7d "timeout"`',
             ),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="page size")] = 50,
@@ -137,16 +142,61 @@ class Filters:
 
 
 FiltersDep = Annotated[Filters, Depends()]
+IncludeTotal = Annotated[bool, Query(description="also count every matching row (slower on big ranges)")]
 
 
-def _page(services: ServicesDep, scope: ReadScope, view: View, filters: Filters) -> Response:
+@dataclass
+class Reading:
+    """Everything a read needs: who asks, what they may see, and where to record that they asked."""
+
+    request: Request
+    caller: Caller
+    scope: ReadScope
+    services: Services
+
+    def audit(self, action: str, details: dict[str, Any]) -> None:
+        auditor = self.services.auditor
+        if auditor is None:
+            return
+        client = self.request.client
+        auditor.record(
+            self.caller,
+            action=action,
+            details={"path": self.request.url.path, **details},
+            ip=client.host if client else None,
+            user_agent=self.request.headers.get("user-agent"),
+            request_id=self.request.headers.get("x-request-id"),
+        )
+
+
+def get_reading(request: Request, caller: CurrentCaller, scope: Scope, services: ServicesDep) -> Reading:
+    return Reading(request=request, caller=caller, scope=scope, services=services)
+
+
+ReadingDep = Annotated[Reading, Depends(get_reading)]
+
+
+def _query_details(request: Request) -> dict[str, Any]:
+    # What was asked, as the caller sent it; the cursor is noise for a reviewer.
+    return {"query": {k: v for k, v in request.query_params.multi_items() if k != "cursor"}}
+
+
+def _page(reading: Reading, view: View, filters: Filters, include_total: bool = False) -> Response:
+    reader = reading.services.store.reader
     try:
-        page = services.store.reader.page(
-            scope=scope, view=view, filters=filters.filter, limit=filters.limit, cursor=filters.cursor
+        page = reader.page(
+            scope=reading.scope, view=view, filters=filters.filter, limit=filters.limit, cursor=filters.cursor
         )
     except CursorError as exc:
         raise _bad(str(exc)) from None
-    return _json({"items": [event_out(r) for r in page.items], "next_cursor": page.next_cursor})
+    body: dict[str, Any] = {"items": [event_out(r) for r in page.items], "next_cursor": page.next_cursor}
+    if include_total:
+        body["total"] = reader.count(scope=reading.scope, view=view, filters=filters.filter)
+    reading.audit(
+        "audit_log.read",
+        {"view": view.kind, **_query_details(reading.request), "returned": len(page.items)},
+    )
+    return _json(body)
 
 
 @router.get(
@@ -157,15 +207,15 @@ def _page(services: ServicesDep, scope: ReadScope, view: View, filters: Filters)
 )
 def user_activity(
     user_id: Annotated[str, Path(min_length=1, max_length=256)],
-    services: ServicesDep,
-    scope: Scope,
+    reading: ReadingDep,
     filters: FiltersDep,
+    include_total: IncludeTotal = False,
 ) -> Response:
-    if not may_read_activity_log(scope):
+    if not may_read_activity_log(reading.scope):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, detail="the activity log needs Manage Infrastructure and Users"
         )
-    return _page(services, scope, View(kind="activity", actor_id=user_id), filters)
+    return _page(reading, View(kind="activity", actor_id=user_id), filters, include_total)
 
 
 @router.get(
@@ -177,23 +227,136 @@ def user_activity(
 def entity_changes(
     kind: Annotated[str, Path(description=f"one of {', '.join(ENTITY_KINDS)}")],
     entity_id: Annotated[str, Path(min_length=1, max_length=256)],
-    services: ServicesDep,
-    scope: Scope,
+    reading: ReadingDep,
     directory: CurrentDirectory,
     filters: FiltersDep,
+    include_total: IncludeTotal = False,
 ) -> Response:
     if kind not in ENTITY_KINDS:
         raise _bad(f"unknown entity kind {kind[:64]!r}; expected one of {', '.join(ENTITY_KINDS)}")
-    if not may_read_entity(scope, directory, kind, entity_id):
+    if not may_read_entity(reading.scope, directory, kind, entity_id):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, detail=f"you may not read the change log of this {kind}"
         )
-    return _page(services, scope, View(kind="entity", entity_kind=kind, entity_id=entity_id), filters)
+    view = View(kind="entity", entity_kind=kind, entity_id=entity_id)
+    return _page(reading, view, filters, include_total)
 
 
 @router.get("/events", response_model=EventPage, summary="Global audit log: every task the caller may read")
-def global_log(services: ServicesDep, scope: Scope, filters: FiltersDep) -> Response:
-    return _page(services, scope, View(), filters)
+def global_log(reading: ReadingDep, filters: FiltersDep, include_total: IncludeTotal = False) -> Response:
+    return _page(reading, View(), filters, include_total)
+
+
+FACETS = ("action", "actor_id", "target_kind", "environment", "outcome")
+
+
+@router.get(
+    "/events/facets",
+    summary="Top values with counts (actions, actors, entity kinds, environments, outcomes) for a filter",
+)
+def facets(
+    reading: ReadingDep,
+    filters: FiltersDep,
+    size: Annotated[int, Query(ge=1, le=100, description="values per facet")] = 10,
+) -> Response:
+    reader = reading.services.store.reader
+    result = reader.facets(
+        scope=reading.scope, view=View(), filters=filters.filter, columns=FACETS, size=size
+    )
+    reading.audit("audit_log.read", {"view": "facets", **_query_details(reading.request)})
+    return _json(result)
+
+
+EXPORT_FIELDS = (
+    "event_id",
+    "occurred_at",
+    "received_at",
+    "infrastructure",
+    "environment",
+    "actor.id",
+    "actor.name",
+    "actor.type",
+    "actor.ip",
+    "actor.user_agent",
+    "actor.session_id",
+    "action",
+    "target.kind",
+    "target.id",
+    "target.name",
+    "related",
+    "outcome",
+    "reason",
+    "changes",
+    "details",
+    "source.service",
+    "source.host",
+    "source.version",
+    "request_id",
+    "correlation_id",
+    "enrichment.plan_application_ids",
+    "enrichment.application_team_id",
+)
+
+
+def _csv_cell(event: dict[str, Any], path: str) -> str:
+    value: Any = event
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    text = str(value)
+    # A cell starting with = + - @ is a formula to a spreadsheet: neutralize it (CSV injection).
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        text = "'" + text
+    return text
+
+
+def _export_lines(reading: Reading, filters: Filters, fmt: str) -> Iterator[bytes]:
+    reader = reading.services.store.reader
+    chunk = reading.services.settings.export_chunk_rows
+    rows = 0
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(EXPORT_FIELDS)
+        yield buffer.getvalue().encode()
+    for batch in reader.iter_chunks(
+        scope=reading.scope, view=View(), filters=filters.filter, chunk_rows=chunk
+    ):
+        if fmt == "csv":
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\r\n")
+            for row in batch:
+                event = event_out(row)
+                writer.writerow([_csv_cell(event, f) for f in EXPORT_FIELDS])
+            yield buffer.getvalue().encode()
+        else:
+            yield b"".join(orjson.dumps(event_out(row)) + b"\n" for row in batch)
+        rows += len(batch)
+    reading.audit("audit_log.export", {"format": fmt, **_query_details(reading.request), "returned": rows})
+
+
+@router.get(
+    "/events/export",
+    summary="Export every matching event the caller may read, streamed (CSV or NDJSON)",
+    response_class=StreamingResponse,
+)
+def export(
+    reading: ReadingDep,
+    filters: FiltersDep,
+    format: Annotated[
+        Literal["csv", "ndjson"], Query(description="csv (with a header row) or ndjson")
+    ] = "ndjson",
+) -> StreamingResponse:
+    media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return StreamingResponse(
+        _export_lines(reading, filters, format),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="audit-log-{stamp}.{format}"'},
+    )
 
 
 @router.get(
@@ -201,8 +364,9 @@ def global_log(services: ServicesDep, scope: Scope, filters: FiltersDep) -> Resp
     summary="One event",
     responses={404: {"description": "no such event, or not visible to the caller"}},
 )
-def one_event(event_id: UUID, services: ServicesDep, scope: Scope) -> Response:
-    row = services.store.reader.get(scope=scope, event_id=str(event_id))
+def one_event(event_id: UUID, reading: ReadingDep) -> Response:
+    row = reading.services.store.reader.get(scope=reading.scope, event_id=str(event_id))
+    reading.audit("audit_log.read", {"view": "event", "event_id": str(event_id), "found": row is not None})
     if row is None:
         # Not found and not allowed look the same: existence is not disclosed.
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such event")

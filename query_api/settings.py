@@ -15,3 +15,8 @@ class ApiSettings(BaseSettings):
     max_batch_events: int = Field(default=50_000, ge=1)
     default_page_size: int = Field(default=50, ge=1, le=1000)
     key_cache_seconds: float = Field(default=10.0, ge=0, description="how long a key lookup is trusted")
+    infrastructure: str = Field(
+        default="default", description="infrastructure id recorded on audit-log reads"
+    )
+    audit_reads: bool = Field(default=True, description="record every read of the audit log as an event")
+    export_chunk_rows: int = Field(default=20_000, ge=100, le=200_000, description="rows per export query")

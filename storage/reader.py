@@ -23,6 +23,7 @@ from storage.read_scope import ReadScope
 from storage.record import PUBLIC_COLUMNS, entity_key
 
 MAX_PAGE = 1000
+_FACET_COLUMNS = frozenset({"action", "actor_id", "target_kind", "environment", "outcome", "infrastructure"})
 
 _SELECT = ", ".join(
     [c for c in PUBLIC_COLUMNS if c not in ("occurred_at", "received_at")]
@@ -215,6 +216,58 @@ class EventReader:
             params=params,
         )
         return rows[0] if rows else None
+
+    def iter_chunks(
+        self, *, scope: ReadScope, view: View, filters: EventFilter, chunk_rows: int = 20_000
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every matching row, newest first, `chunk_rows` at a time (exports).
+
+        Each chunk is its own keyset query, so memory stays bounded by one chunk
+        whatever the export's size, the store is free between chunks, and rows
+        ingested meanwhile (newer than the first chunk) are neither repeated nor skipped.
+        """
+        base_clauses, base_params = _where(view, filters, scope)
+        after: tuple[int, str] | None = None
+        while True:
+            clauses, params = list(base_clauses), dict(base_params)
+            if after is not None:
+                clauses.append(
+                    "(occurred_at, event_id) < "
+                    "(fromUnixTimestamp64Milli({c_ts:Int64}, 'UTC'), toUUID({c_id:String}))"
+                )
+                params["c_ts"], params["c_id"] = after
+            params["limit"] = chunk_rows
+            rows = self._engine.query(
+                f"SELECT {_SELECT} FROM {self._db}.audit_events WHERE {' AND '.join(clauses)} "
+                "ORDER BY occurred_at DESC, event_id DESC LIMIT {limit:UInt32}",
+                params=params,
+            )
+            if not rows:
+                return
+            yield rows
+            if len(rows) < chunk_rows:
+                return
+            after = (int(rows[-1]["occurred_at_ms"]), rows[-1]["event_id"])
+
+    def facets(
+        self, *, scope: ReadScope, view: View, filters: EventFilter, columns: Sequence[str], size: int = 10
+    ) -> dict[str, Any]:
+        """Top `size` values of each column with counts, and the total, in the caller's scope."""
+        clauses, params = _where(view, filters, scope)
+        where = " AND ".join(clauses)
+        out: dict[str, Any] = {"total": 0, "facets": {}}
+        for column in columns:
+            if column not in _FACET_COLUMNS:
+                raise ValueError(f"cannot facet on {column!r}")
+            extra = ", any(actor_name) AS label" if column == "actor_id" else ""
+            rows = self._engine.query(
+                f"SELECT {column} AS value, count() AS count{extra} FROM {self._db}.audit_events "
+                f"WHERE {where} GROUP BY value ORDER BY count DESC, value LIMIT {{f_size:UInt32}}",
+                params={**params, "f_size": size},
+            )
+            out["facets"][column] = [{k: r[k] for k in r} for r in rows]
+        out["total"] = self.count(scope=scope, view=view, filters=filters)
+        return out
 
     def stream(self, *, scope: ReadScope, view: View, filters: EventFilter) -> Iterator[bytes]:
         """Every matching row, newest first, as JSONEachRow chunks (for exports)."""

@@ -1,0 +1,656 @@
+"""The audit log viewer: server-rendered pages over the same scoped reader as the API.
+
+Sign-in stores the API key in an HttpOnly, SameSite=Strict cookie (`SESSION_COOKIE`),
+so the JSON/CSV export endpoints can authenticate the browser with the same
+cookie. Every page resolves the caller exactly as the API does (KeyCache ->
+`Caller` -> `scope_for`) and reads only through `services.store.reader` with
+that scope: the viewer can never show a row the global log would hide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, quote, urlencode
+from uuid import UUID
+
+import jinja2
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.responses import RedirectResponse
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from producers.contract import ENTITY_KINDS
+from producers.directory import Directory
+from query_api.deps import ServicesDep
+from query_api.permissions import Caller, may_read_activity_log, may_read_entity, scope_for
+from query_api.search import QUALIFIERS, SearchSyntaxError, Term, Text, compile_query, parse
+from query_api.serialize import event_out
+from storage.read_scope import ReadScope
+from storage.reader import CursorError, EventFilter, View
+
+SESSION_COOKIE = "auditlog_key"
+"""Shared with query_api.deps, which accepts the same cookie for the export endpoints."""
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_PATH = "/ui/static"
+
+PAGE_SIZES = (25, 50, 100, 200)
+SESSION_SECONDS = 12 * 3600
+MAX_KEY_LENGTH = 512
+MAX_LOGIN_BODY = 8 * 1024
+# Each cursor is ~100 characters; past this the oldest "Newer" steps are forgotten
+# so that the URL stays well under common proxy limits.
+MAX_TRAIL = 30
+_CURSOR_RE = re.compile(r"^[A-Za-z0-9_-]{1,512}$")
+
+QUICK_FILTERS: tuple[tuple[str, str], ...] = (
+    ("Failures", "outcome:failure"),
+    ("Denied", "outcome:denied"),
+    ("Last 24 hours", "after:-24h"),
+    ("Last 7 days", "after:-7d"),
+    ("Applications", "kind:application"),
+    ("Deployment plans", "kind:deployment_plan"),
+    ("Users", "kind:user"),
+    ("Roles", "kind:role"),
+    ("Teams", "kind:team"),
+    ("Environments", "kind:environment"),
+    ("Infrastructure", "kind:infrastructure"),
+)
+
+KIND_LABELS = {
+    "application": "Application",
+    "deployment_plan": "Deployment plan",
+    "user": "User",
+    "team": "Team",
+    "role": "Role",
+    "environment": "Environment",
+    "infrastructure": "Infrastructure",
+}
+
+# Pages hold audit data: nothing inline, nothing cached, nothing framed.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+def _asset_version() -> str:
+    digest = hashlib.sha256()
+    for name in ("app.css", "app.js"):
+        path = STATIC_DIR / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.globals["asset_version"] = _asset_version()
+_env.globals["kind_label"] = lambda kind: KIND_LABELS.get(kind, kind)
+templates = Jinja2Templates(env=_env)
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Session:
+    caller: Caller
+    directory: Directory
+    scope: ReadScope
+    base: str
+    """root_path of the app, prefixed to every link."""
+
+    @property
+    def display_name(self) -> str:
+        user = self.directory.users.get(self.caller.user_id)
+        return user.name if user is not None else self.caller.user_id
+
+
+def _base(request: Request) -> str:
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
+
+
+def _cookie_path(request: Request) -> str:
+    # The export endpoints under /v1 need the cookie too, so it covers the whole app.
+    return _base(request) or "/"
+
+
+def _safe_next(request: Request, target: str | None) -> str:
+    home = _base(request) + "/ui/"
+    if not target:
+        return home
+    # Only paths inside the viewer: no scheme, no host, no protocol-relative tricks.
+    if target.startswith(home) and not target.startswith("//") and "\\" not in target:
+        return target
+    return home
+
+
+def _login_redirect(request: Request, *, clear: bool) -> HTTPException:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    location = _base(request) + "/ui/login?" + urlencode({"next": target})
+    headers = {"Location": location, **_SECURITY_HEADERS}
+    if clear:
+        headers["Set-Cookie"] = (
+            f"{SESSION_COOKIE}=; Max-Age=0; Path={_cookie_path(request)}; HttpOnly; SameSite=Strict"
+        )
+    return HTTPException(status.HTTP_303_SEE_OTHER, detail="sign in first", headers=headers)
+
+
+def _caller_for_key(services: Any, key: str | None) -> Caller | None:
+    if not key or len(key) > MAX_KEY_LENGTH:
+        return None
+    found = services.keys.lookup(key)
+    if found is None:
+        return None
+    return Caller(user_id=found.user_id, can_ingest=found.can_ingest, key_label=found.label)
+
+
+def get_session(request: Request, services: ServicesDep) -> Session:
+    """The signed-in caller, resolved through the same key lookup and scoping as the API."""
+    key = request.cookies.get(SESSION_COOKIE)
+    caller = _caller_for_key(services, key)
+    if caller is None:
+        raise _login_redirect(request, clear=key is not None)
+    directory = services.directory.get()
+    return Session(
+        caller=caller, directory=directory, scope=scope_for(caller, directory), base=_base(request)
+    )
+
+
+CurrentSession = Annotated[Session, Depends(get_session)]
+
+
+def _render(
+    request: Request,
+    name: str,
+    context: Mapping[str, Any],
+    *,
+    status_code: int = 200,
+    session: Session | None = None,
+) -> Response:
+    ctx: dict[str, Any] = {
+        "base": _base(request),
+        "static": _base(request) + STATIC_PATH,
+        "session": session,
+        "may_read_activity": bool(session and may_read_activity_log(session.scope)),
+        **context,
+    }
+    return templates.TemplateResponse(
+        request, name, ctx, status_code=status_code, headers=dict(_SECURITY_HEADERS)
+    )
+
+
+def _problem(
+    request: Request, session: Session | None, code: int, title: str, message: str
+) -> Response:
+    return _render(
+        request,
+        "error.html",
+        {"title": title, "code": code, "message": message},
+        status_code=code,
+        session=session,
+    )
+
+
+def _same_origin(request: Request) -> bool:
+    """Refuse cross-site form posts (login CSRF): browsers send Origin and Sec-Fetch-Site."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin is None
+    return origin == f"{request.url.scheme}://{request.url.netloc}"
+
+
+# -- links -------------------------------------------------------------------------------
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def user_href(base: str, user_id: str) -> str:
+    return f"{base}/ui/users/{_seg(user_id)}"
+
+
+def entity_href(base: str, kind: str, entity_id: str) -> str:
+    return f"{base}/ui/entities/{_seg(kind)}/{_seg(entity_id)}"
+
+
+def event_href(base: str, event_id: str) -> str:
+    return f"{base}/ui/events/{_seg(event_id)}"
+
+
+def _with_params(path: str, params: Mapping[str, Any]) -> str:
+    kept = {k: v for k, v in params.items() if v not in (None, "")}
+    return path + ("?" + urlencode(kept) if kept else "")
+
+
+# -- the search box ----------------------------------------------------------------------
+
+
+def _token_end(q: str, start: int) -> int:
+    """Where the token starting at `start` ends, by the tokenizer's rules (quotes keep spaces)."""
+    i, n = start, len(q)
+    while i < n and not q[i].isspace():
+        if q[i] == '"':
+            i += 1
+            while i < n and q[i] != '"':
+                i += 2 if q[i] == "\\" else 1
+        i += 1
+    return min(i, n)
+
+
+def _without(q: str, start: int) -> str:
+    end = _token_end(q, start)
+    return (q[:start].rstrip() + " " + q[end:].lstrip()).strip()
+
+
+def _quote_value(value: str) -> str:
+    if value and re.fullmatch(r"[^\s\",]+", value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
+class Chip:
+    key: str
+    value: str
+    negated: bool
+    source: str
+    remove_href: str
+
+
+def _chips(q: str, path: str, limit: int) -> list[Chip]:
+    query = parse(q)
+    items: list[Term | Text] = [*query.terms, *query.texts]
+    items.sort(key=lambda item: item.token.position)
+    chips = []
+    for item in items:
+        pos = item.token.position
+        remaining = _without(q, pos)
+        href = _with_params(path, {"q": remaining, "limit": limit})
+        source = q[pos : _token_end(q, pos)]
+        if isinstance(item, Term):
+            chips.append(Chip(item.qualifier, ", ".join(item.values), item.negated, source, href))
+        else:
+            chips.append(Chip("text", item.value, item.negated, source, href))
+    return chips
+
+
+def _quick(q: str, path: str, limit: int, chips: list[Chip]) -> list[dict[str, Any]]:
+    active = {c.source: c for c in chips}
+    out = []
+    for label, term in QUICK_FILTERS:
+        chip = active.get(term)
+        if chip is not None:
+            out.append({"label": label, "term": term, "active": True, "href": chip.remove_href})
+        else:
+            added = (q.strip() + " " + term).strip()
+            out.append({"label": label, "term": term, "active": False, "href": _with_params(
+                path, {"q": added, "limit": limit}
+            )})
+    return out
+
+
+# -- rows --------------------------------------------------------------------------------
+
+
+def _utc_text(iso: str) -> str:
+    return iso.replace("T", " ").replace("Z", " UTC")
+
+
+def _row(event: dict[str, Any], session: Session) -> dict[str, Any]:
+    base = session.base
+    actor, target = event["actor"], event["target"]
+    readable_target = may_read_entity(session.scope, session.directory, target["kind"], target["id"])
+    return {
+        "id": event["event_id"],
+        "href": event_href(base, event["event_id"]),
+        "occurred_at": event["occurred_at"],
+        "occurred_utc": _utc_text(event["occurred_at"]),
+        "actor_label": actor["name"] or actor["id"],
+        "actor_id": actor["id"],
+        "actor_type": actor["type"],
+        "actor_href": user_href(base, actor["id"]) if may_read_activity_log(session.scope) else None,
+        "action": event["action"],
+        "target_label": target["name"] or target["id"],
+        "target_id": target["id"],
+        "target_kind": target["kind"],
+        "target_href": entity_href(base, target["kind"], target["id"]) if readable_target else None,
+        "environment": event["environment"] or "",
+        "outcome": event["outcome"],
+        "reason": event["reason"] or "",
+    }
+
+
+def _int_param(raw: str | None, default: int) -> int:
+    if raw is None or not raw.isdigit() or len(raw) > 15:
+        return default
+    return int(raw)
+
+
+def _trail(raw: str | None) -> list[str]:
+    if not raw:
+        return []
+    return [c for c in raw.split(",") if _CURSOR_RE.match(c)][-MAX_TRAIL:]
+
+
+@dataclass(frozen=True)
+class LogView:
+    view: View
+    title: str
+    heading: str
+    kind_label: str
+    subject_id: str
+    scope_q: str
+    """The view as a search qualifier, so an export of this page covers the same rows."""
+
+
+def _log_page(request: Request, session: Session, services: Any, log: LogView) -> Response:
+    params = request.query_params
+    q = (params.get("q") or "")[:2000]
+    default_limit = services.settings.default_page_size
+    limit = _int_param(params.get("limit"), default_limit)
+    if limit not in PAGE_SIZES and limit != default_limit:
+        limit = default_limit
+    cursor = params.get("cursor") or None
+    if cursor is not None and not _CURSOR_RE.match(cursor):
+        cursor = None
+    trail = _trail(params.get("trail"))
+    # Relative times (after:-7d) are pinned to the first page's clock, or the cursor's
+    # query fingerprint would change between pages.
+    at_ms = _int_param(params.get("at"), 0) or int(datetime.now(UTC).timestamp() * 1000)
+    now = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
+    path = request.url.path
+
+    error: dict[str, Any] | None = None
+    chips: list[Chip] = []
+    rows: list[dict[str, Any]] = []
+    next_cursor: str | None = None
+    status_code = 200
+    try:
+        search = compile_query(q, now=now) if q.strip() else None
+        chips = _chips(q, path, limit) if search is not None else []
+        page = services.store.reader.page(
+            scope=session.scope,
+            view=log.view,
+            filters=EventFilter(search=search),
+            limit=limit,
+            cursor=cursor,
+        )
+        rows = [_row(event_out(r), session) for r in page.items]
+        next_cursor = page.next_cursor
+    except SearchSyntaxError as exc:
+        status_code = 400
+        end = _token_end(q, exc.position) if exc.position < len(q) else len(q)
+        error = {
+            "title": "The search could not be read",
+            "message": exc.message,
+            "token": exc.token,
+            "position": exc.position,
+            "before": q[: exc.position],
+            "mark": q[exc.position : end],
+            "after": q[end:],
+        }
+    except CursorError as exc:
+        status_code = 400
+        error = {"title": "This page link no longer applies", "message": str(exc), "token": None}
+
+    common = {"q": q or None, "limit": limit}
+    next_href = newer_href = None
+    if next_cursor:
+        next_trail = [*trail, cursor] if cursor else trail
+        next_href = _with_params(
+            path, {**common, "cursor": next_cursor, "trail": ",".join(next_trail[-MAX_TRAIL:]), "at": at_ms}
+        )
+    if cursor:
+        newer_href = _with_params(
+            path,
+            {**common, "cursor": trail[-1] if trail else None, "trail": ",".join(trail[:-1]), "at": at_ms},
+        )
+    newest_href = _with_params(path, common)
+    page_no = (len(trail) + 2) if cursor else 1
+
+    export_q = " ".join(p for p in (log.scope_q, q.strip()) if p)
+    exports = None
+    if error is None:
+        exports = {
+            fmt: _with_params(session.base + "/v1/events/export", {"format": fmt, "q": export_q})
+            for fmt in ("csv", "ndjson")
+        }
+    context = {
+        "title": log.title,
+        "heading": log.heading,
+        "kind_label": log.kind_label,
+        "subject_id": log.subject_id,
+        "view_kind": log.view.kind,
+        "form_action": path,
+        "q": q,
+        "limit": limit,
+        "page_sizes": sorted({*PAGE_SIZES, default_limit}),
+        "chips": chips,
+        "quick": _quick(q, path, limit, chips) if error is None or not q.strip() else [],
+        "error": error,
+        "rows": rows,
+        "next_href": next_href,
+        "newer_href": newer_href,
+        "newest_href": newest_href if cursor else None,
+        "page_no": page_no,
+        "exports": exports,
+        "qualifiers": QUALIFIERS,
+    }
+    return _render(request, "log.html", context, status_code=status_code, session=session)
+
+
+# -- routes ------------------------------------------------------------------------------
+
+
+@router.get("/login", name="ui-login")
+def login_form(request: Request, services: ServicesDep, next: str | None = None) -> Response:
+    if _caller_for_key(services, request.cookies.get(SESSION_COOKIE)) is not None:
+        return RedirectResponse(_safe_next(request, next), status_code=status.HTTP_303_SEE_OTHER)
+    return _render(request, "login.html", {"title": "Sign in", "next": next or "", "error": None})
+
+
+@router.post("/login")
+async def login(request: Request, services: ServicesDep) -> Response:
+    if not _same_origin(request):
+        return _problem(request, None, 403, "Sign-in refused", "The sign-in form was posted from another site.")
+    body = await request.body()
+    fields: dict[str, list[str]] = {}
+    if len(body) <= MAX_LOGIN_BODY and "application/x-www-form-urlencoded" in request.headers.get(
+        "content-type", ""
+    ):
+        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    key = (fields.get("api_key") or [""])[0].strip()
+    target = (fields.get("next") or [""])[0]
+    caller = await run_in_threadpool(_caller_for_key, services, key)
+    if caller is None:
+        message = "Paste an API key." if not key else "That API key is not valid, or it was revoked."
+        return _render(
+            request,
+            "login.html",
+            {"title": "Sign in", "next": target, "error": message},
+            status_code=status.HTTP_401_UNAUTHORIZED,
+        )
+    response = RedirectResponse(_safe_next(request, target), status_code=status.HTTP_303_SEE_OTHER)
+    response.set_cookie(
+        SESSION_COOKIE,
+        key,
+        max_age=SESSION_SECONDS,
+        path=_cookie_path(request),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.api_route("/logout", methods=["GET", "POST"])
+def logout(request: Request) -> Response:
+    response = RedirectResponse(_base(request) + "/ui/login", status_code=status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path=_cookie_path(request),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.get("/")
+def global_log(request: Request, session: CurrentSession, services: ServicesDep) -> Response:
+    log = LogView(
+        view=View(),
+        title="Audit log",
+        heading="Audit log",
+        kind_label="All tasks you may read",
+        subject_id="",
+        scope_q="",
+    )
+    return _log_page(request, session, services, log)
+
+
+@router.get("/users/{user_id:path}")
+def user_activity(
+    user_id: str, request: Request, session: CurrentSession, services: ServicesDep
+) -> Response:
+    if not user_id or len(user_id) > 256:
+        return _problem(request, session, 404, "Not found", "There is no such user.")
+    if not may_read_activity_log(session.scope):
+        return _problem(
+            request,
+            session,
+            403,
+            "Not allowed",
+            "The activity log of a user needs the Manage Infrastructure and Users permission.",
+        )
+    user = session.directory.users.get(user_id)
+    name = user.name if user is not None else user_id
+    log = LogView(
+        view=View(kind="activity", actor_id=user_id),
+        title=f"Activity log: {name}",
+        heading=name,
+        kind_label="Activity log",
+        subject_id=user_id,
+        scope_q="actor:" + _quote_value(user_id),
+    )
+    return _log_page(request, session, services, log)
+
+
+@router.get("/entities/{kind}/{entity_id:path}")
+def entity_changes(
+    kind: str, entity_id: str, request: Request, session: CurrentSession, services: ServicesDep
+) -> Response:
+    if kind not in ENTITY_KINDS or not entity_id or len(entity_id) > 256:
+        return _problem(request, session, 404, "Not found", "There is no such entity.")
+    if not may_read_entity(session.scope, session.directory, kind, entity_id):
+        return _problem(
+            request,
+            session,
+            403,
+            "Not allowed",
+            f"You may not read the change log of this {KIND_LABELS[kind].lower()}.",
+        )
+    name = session.directory.display_name(kind, entity_id) or entity_id
+    log = LogView(
+        view=View(kind="entity", entity_kind=kind, entity_id=entity_id),
+        title=f"Change log: {name}",
+        heading=name,
+        kind_label=f"{KIND_LABELS[kind]} change log",
+        subject_id=entity_id,
+        scope_q="entity:" + _quote_value(f"{kind}/{entity_id}"),
+    )
+    return _log_page(request, session, services, log)
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+@router.get("/events/{event_id}")
+def event_detail(
+    event_id: str, request: Request, session: CurrentSession, services: ServicesDep
+) -> Response:
+    not_found = "No such event, or you may not read it."
+    try:
+        canonical = str(UUID(event_id))
+    except ValueError:
+        return _problem(request, session, 404, "Event not found", not_found)
+    row = services.store.reader.get(scope=session.scope, event_id=canonical)
+    if row is None:
+        # Missing and hidden look the same, as in the API: existence is not disclosed.
+        return _problem(request, session, 404, "Event not found", not_found)
+    event = event_out(row)
+    base = session.base
+    related = [
+        {
+            "kind": r["kind"],
+            "id": r["id"],
+            "name": r["name"] or r["id"],
+            "href": entity_href(base, r["kind"], r["id"])
+            if may_read_entity(session.scope, session.directory, r["kind"], r["id"])
+            else None,
+        }
+        for r in event["related"]
+    ]
+    changes = [
+        {
+            "field": c.get("field", ""),
+            "old": None if c.get("old") is None else _json_text(c.get("old")),
+            "new": None if c.get("new") is None else _json_text(c.get("new")),
+        }
+        for c in event["changes"]
+        if isinstance(c, dict)
+    ]
+    context = {
+        "title": f"{event['action']} · event",
+        "event": event,
+        "row": _row(event, session),
+        "received_utc": _utc_text(event["received_at"]),
+        "related": related,
+        "changes": changes,
+        "details_json": orjson.dumps(event["details"], option=orjson.OPT_INDENT_2).decode()
+        if event["details"]
+        else "",
+        "raw_json": orjson.dumps(event, option=orjson.OPT_INDENT_2).decode(),
+        "plan_apps": [
+            {
+                "id": a,
+                "name": session.directory.display_name("application", a) or a,
+                "href": entity_href(base, "application", a)
+                if may_read_entity(session.scope, session.directory, "application", a)
+                else None,
+            }
+            for a in event["enrichment"]["plan_application_ids"]
+        ],
+    }
+    return _render(request, "event.html", context, session=session)
