@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands of other components (publish, worker, ...) register here.
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 
+try:
+    from stream.cli_worker import register as _register_worker
+
+    _EXTRA_COMMANDS.append(_register_worker)
+except ImportError:
+    pass
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()

@@ -1,0 +1,351 @@
+"""The pure batch step of the worker: decode -> validate -> normalize -> enrich, and the reject guard.
+
+No Kafka here: `RawMessage`s are built by hand with the coordinates a broker
+would give. The golden test feeds the golden events in one envelope at the
+lineage the golden rows were made with, so the worker's path must produce the
+very bytes of tests/golden/rows_out.ndjson.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from producers.directory import Directory, load_directory
+from producers.envelope import ENVELOPE_CONTENT_TYPE, EVENT_CONTENT_TYPE, encode_envelope
+from stream.batch import (
+    BatchOutcome,
+    RawMessage,
+    RejectGuard,
+    TooManyRejects,
+    process_batch,
+)
+from stream.ocsf import to_ocsf
+
+GOLDEN = Path(__file__).parent / "golden"
+TS = 1_790_000_000_123
+
+
+@pytest.fixture(scope="module")
+def directory() -> Directory:
+    return load_directory(GOLDEN / "directory.yaml")
+
+
+def golden_events() -> list[dict[str, Any]]:
+    lines = (GOLDEN / "events_in.ndjson").read_bytes().splitlines()
+    return [orjson.loads(line) for line in lines if line.strip()]
+
+
+def msg(
+    value: bytes | None,
+    *,
+    offset: int = 0,
+    partition: int = 0,
+    content_type: str | None = None,
+    topic: str = "audit.raw",
+    ts: int = TS,
+) -> RawMessage:
+    headers = (("content-type", content_type.encode()),) if content_type else ()
+    return RawMessage(
+        value=value,
+        headers=headers,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=ts,
+        key=b"application/app-1",
+    )
+
+
+def event(i: int = 0, **changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "schema_version": 1,
+        "event_id": str(uuid.UUID(int=i + 1, version=4)),
+        "occurred_at": "2026-10-01T08:00:00.000Z",
+        "infrastructure": "acme",
+        "actor": {"id": "u-priya"},
+        "action": "application.deploy",
+        "target": {"kind": "application", "id": "app-billing"},
+        "details": {"sequence": i},
+    }
+    base.update(changes)
+    return base
+
+
+def dump(outcome: BatchOutcome) -> bytes:
+    return orjson.dumps(
+        {
+            "rows": outcome.rows,
+            "events": outcome.normalized_events,
+            "dead": [
+                {"reason": r.reason, "payload": r.payload.decode(errors="replace"), "index": r.index}
+                for r in outcome.dead_letters
+            ],
+            "verdicts": outcome.verdicts,
+        }
+    )
+
+
+# ---------------------------------------------------------------- golden and replay
+
+
+def test_envelope_of_golden_events_gives_the_golden_rows(directory: Directory) -> None:
+    # The golden rows were made with lineage audit.raw / partition 2 / offset 41 / broker ts TS.
+    value = encode_envelope(golden_events())
+    message = msg(value, partition=2, offset=41, content_type=ENVELOPE_CONTENT_TYPE)
+    outcome = process_batch([message], directory)
+    out = b"".join(orjson.dumps(r) + b"\n" for r in outcome.rows)
+    assert out == (GOLDEN / "rows_out.ndjson").read_bytes()
+    assert outcome.dead_letters == []
+    assert outcome.messages == 1
+    assert outcome.events == len(golden_events())
+
+
+def test_single_event_messages_and_envelopes_give_the_same_rows_but_their_own_lineage(
+    directory: Directory,
+) -> None:
+    events = golden_events()
+    singles = [msg(orjson.dumps(e), offset=100 + i) for i, e in enumerate(events)]
+    envelope = msg(encode_envelope(events), offset=7)
+    a = process_batch(singles, directory).rows
+    b = process_batch([envelope], directory).rows
+    lineage = {"kafka_offset"}
+    assert [{k: v for k, v in r.items() if k not in lineage} for r in a] == [
+        {k: v for k, v in r.items() if k not in lineage} for r in b
+    ]
+    assert [r["kafka_offset"] for r in a] == [100 + i for i in range(len(events))]
+    assert {r["kafka_offset"] for r in b} == {7}
+
+
+def test_replay_gives_identical_output(directory: Directory) -> None:
+    events = golden_events()
+    messages = [
+        msg(encode_envelope(events[:5]), offset=1),
+        msg(b"not json at all", offset=2),
+        msg(orjson.dumps(events[5]), offset=3),
+        msg(encode_envelope([*events[6:], {"schema_version": 1}]), offset=4),
+    ]
+    first, second = process_batch(messages, directory), process_batch(list(messages), directory)
+    assert dump(first) == dump(second)
+    # A directory rebuilt from its own snapshots (as the worker does from audit.directory) enriches the same.
+    rebuilt = Directory.from_snapshots(directory.snapshots())
+    assert dump(process_batch(messages, rebuilt)) == dump(first)
+
+
+def test_received_at_is_the_broker_timestamp_not_the_clock(directory: Directory) -> None:
+    outcome = process_batch([msg(orjson.dumps(event()), ts=1_700_000_000_007)], directory)
+    assert outcome.rows[0]["received_at"] == "2023-11-14 22:13:20.007"
+    assert outcome.normalized_events[0]["received_at"] == "2023-11-14T22:13:20.007Z"
+
+
+def test_normalized_event_is_the_api_shape_with_enrichment_and_lineage(directory: Directory) -> None:
+    raw = event(
+        action="App.Deploy",
+        actor={"id": "u-andrea", "name": "a"},
+        related=[{"kind": "environment", "id": "env-prod"}, {"kind": "environment", "id": "env-prod"}],
+    )
+    outcome = process_batch([msg(orjson.dumps(raw), partition=1, offset=9)], directory)
+    wire = outcome.normalized_events[0]
+    assert wire["action"] == "application.deploy"
+    assert wire["actor"]["name"] == "Andrea Fleet"
+    assert wire["target"] == {"kind": "application", "id": "app-billing", "name": "Billing Portal"}
+    assert wire["related"] == [{"kind": "environment", "id": "env-prod", "name": "Production"}]
+    assert wire["enrichment"] == {"plan_application_ids": [], "application_team_id": "t-payments"}
+    assert wire["lineage"] == {"topic": "audit.raw", "partition": 1, "offset": 9}
+    assert wire["occurred_at"] == "2026-10-01T08:00:00.000Z"
+    assert wire["details"] == {"sequence": 0}
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_one_bad_event_in_an_envelope_is_dead_lettered_alone(directory: Directory) -> None:
+    bad = event(2, actor={"id": 42})
+    value = encode_envelope([event(1), bad, event(3)])
+    outcome = process_batch([msg(value, offset=5, content_type=ENVELOPE_CONTENT_TYPE)], directory)
+    assert [r["event_id"] for r in outcome.rows] == [event(1)["event_id"], event(3)["event_id"]]
+    assert outcome.verdicts == [True, False, True]
+    [dead] = outcome.dead_letters
+    assert dead.index == 1
+    assert orjson.loads(dead.payload) == bad
+    assert "actor.id" in dead.reason
+    assert dead.message.offset == 5
+    letter = dead.dead_letter()
+    assert (letter.topic, letter.partition, letter.offset, letter.source) == ("audit.raw", 0, 5, "kafka")
+
+
+def test_envelope_of_one_bad_event_keeps_the_event_not_the_envelope(directory: Directory) -> None:
+    bad = event(1, schema_version=9)
+    value = encode_envelope([bad])
+    [dead] = process_batch([msg(value)], directory).dead_letters
+    assert orjson.loads(dead.payload) == bad
+    assert dead.index == 0
+
+
+def test_a_bad_single_event_message_keeps_its_original_bytes(directory: Directory) -> None:
+    value = b'{"schema_version": 1,   "event_id": "nope"}'
+    for content_type in (None, EVENT_CONTENT_TYPE):
+        [dead] = process_batch([msg(value, content_type=content_type)], directory).dead_letters
+        assert dead.payload == value
+        assert dead.index is None
+
+
+TEN_MB = 10 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("value", "reason_part"),
+    [
+        pytest.param(b"\x00\xff\xfe garbage \x81", "not JSON", id="garbage-bytes"),
+        pytest.param(orjson.dumps(event())[:-17], "truncated", id="truncated-json"),
+        pytest.param(encode_envelope([event()])[:-3], "truncated", id="truncated-envelope"),
+        pytest.param(b'{"hello": "world"}', "schema_version is missing", id="wrong-schema"),
+        pytest.param(b"[1, 2, 3]", "must be a JSON object", id="json-array"),
+        pytest.param(
+            orjson.dumps(event(schema_version=2)), "unsupported schema_version 2", id="future-version"
+        ),
+        pytest.param(b'{"envelope": 7, "events": [{}]}', "unknown envelope version 7", id="future-envelope"),
+        pytest.param(b"", "no value", id="empty-bytes"),
+        pytest.param(None, "no value", id="null-value"),
+        pytest.param(b"x" * TEN_MB, "exceeds", id="10MB-garbage"),
+        pytest.param(orjson.dumps(event(details={"blob": "y" * TEN_MB})), "exceeds", id="10MB-json-event"),
+    ],
+)
+def test_bad_messages_become_dead_letters_with_a_reason(
+    directory: Directory, value: bytes | None, reason_part: str
+) -> None:
+    good = msg(orjson.dumps(event(1)), offset=1)
+    bad = msg(value, offset=2)
+    outcome = process_batch([good, bad, msg(orjson.dumps(event(3)), offset=3)], directory)
+    assert len(outcome.rows) == 2
+    [dead] = outcome.dead_letters
+    assert reason_part in dead.reason
+    assert dead.payload == (value or b"")
+    assert dead.message.offset == 2
+    assert "\n" not in dead.reason and len(dead.reason) <= 1000
+    assert outcome.verdicts == [True, False, True]
+    assert outcome.events == 3
+
+
+def test_a_large_event_under_the_message_limit_is_judged_by_the_contract(directory: Directory) -> None:
+    value = orjson.dumps(event(details={"blob": "y" * TEN_MB}))
+    [dead] = process_batch([msg(value)], directory, max_message_bytes=16 * 1024 * 1024).dead_letters
+    assert "details" in dead.reason and "larger than" in dead.reason
+    assert dead.payload == value
+
+
+def test_unknown_content_type_is_dead_lettered(directory: Directory) -> None:
+    [dead] = process_batch([msg(orjson.dumps(event()), content_type="text/csv")], directory).dead_letters
+    assert "content-type" in dead.reason
+
+
+def test_accounting_counts_every_event_once(directory: Directory) -> None:
+    messages = [
+        msg(encode_envelope([event(i) for i in range(10)] + [{"bad": True}]), offset=0),
+        msg(b"garbage", offset=1),
+        msg(orjson.dumps(event(50)), offset=2),
+    ]
+    outcome = process_batch(messages, directory)
+    assert outcome.messages == 3
+    assert outcome.events == 13 == len(outcome.rows) + len(outcome.dead_letters)
+    assert len(outcome.normalized_events) == len(outcome.rows) == 11
+    assert len(outcome.verdicts) == 13
+
+
+def test_bugs_are_not_dead_lettered(directory: Directory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only typed bad input goes to the DLQ; a failing step must stop the worker instead.
+    import stream.batch
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(stream.batch, "enrich", broken)
+    with pytest.raises(KeyError):
+        process_batch([msg(orjson.dumps(event()))], directory)
+
+
+# ---------------------------------------------------------------- reject guard
+
+
+def test_guard_trips_on_the_reject_ratio() -> None:
+    guard = RejectGuard(max_ratio=0.5, max_consecutive=1000, min_sample=100, window=1000)
+    guard.observe([True, False] * 50)  # 50%: not above the limit
+    with pytest.raises(TooManyRejects, match="rejected"):
+        guard.observe([False, False, True] * 20)
+
+
+def test_guard_waits_for_the_minimum_sample() -> None:
+    guard = RejectGuard(max_ratio=0.1, max_consecutive=1000, min_sample=100, window=1000)
+    guard.observe([False] * 50)  # 100% of 50 events: too few to judge
+    with pytest.raises(TooManyRejects):
+        guard.observe([True] * 40 + [False] * 10)
+
+
+def test_guard_ratio_is_over_a_sliding_window() -> None:
+    guard = RejectGuard(max_ratio=0.5, max_consecutive=10_000, min_sample=10, window=100)
+    guard.observe([False] * 40 + [True] * 60)
+    guard.observe([True] * 100)  # the old rejects slide out
+    assert guard.reject_ratio == 0.0
+    guard.observe([False] * 50)
+    assert guard.reject_ratio == 0.5
+    with pytest.raises(TooManyRejects):
+        guard.observe([False])
+
+
+def test_guard_trips_on_a_consecutive_run_across_batches() -> None:
+    guard = RejectGuard(max_ratio=1.0, max_consecutive=100, min_sample=10, window=10_000)
+    guard.observe([True] * 10_000)
+    guard.observe([False] * 60)
+    assert guard.consecutive_rejects == 60
+    with pytest.raises(TooManyRejects, match="consecutive"):
+        guard.observe([False] * 41)
+
+
+def test_guard_run_resets_on_an_accepted_event() -> None:
+    guard = RejectGuard(max_ratio=1.0, max_consecutive=5, min_sample=1, window=10)
+    for _ in range(20):
+        guard.observe([False] * 5 + [True])
+    assert guard.consecutive_rejects == 0
+
+
+def test_guard_is_fed_by_batch_verdicts(directory: Directory) -> None:
+    guard = RejectGuard(max_ratio=0.2, max_consecutive=1000, min_sample=5, window=100)
+    garbage = [msg(b"\x00", offset=i) for i in range(10)]
+    with pytest.raises(TooManyRejects):
+        guard.observe(process_batch(garbage, directory).verdicts)
+
+
+# ---------------------------------------------------------------- OCSF rendering
+
+
+@pytest.mark.parametrize(
+    ("action", "target", "class_uid", "activity_id"),
+    [
+        ("user.create", {"kind": "user", "id": "u-andrea"}, 3001, 1),
+        ("user.password_reset", {"kind": "user", "id": "u-andrea"}, 3001, 4),
+        ("role.update", {"kind": "role", "id": "developer"}, 3004, 3),
+        ("team.member_add", {"kind": "team", "id": "t-payments"}, 3004, 3),
+        ("deployment_plan.delete", {"kind": "deployment_plan", "id": "plan-q4"}, 3004, 4),
+        ("application.deploy", {"kind": "application", "id": "app-billing"}, 6003, 99),
+        ("deployment_plan.execute", {"kind": "deployment_plan", "id": "plan-q4"}, 6003, 99),
+    ],
+)
+def test_ocsf_classes(
+    directory: Directory, action: str, target: dict[str, str], class_uid: int, activity_id: int
+) -> None:
+    raw = event(action=action, target=target, outcome="denied", reason="no rights")
+    wire = process_batch([msg(orjson.dumps(raw))], directory).normalized_events[0]
+    out = to_ocsf(wire)
+    assert out["class_uid"] == class_uid
+    assert out["activity_id"] == activity_id
+    assert out["type_uid"] == class_uid * 100 + activity_id
+    assert out["metadata"]["uid"] == raw["event_id"]
+    assert out["time"] == 1_790_841_600_000  # 2026-10-01T08:00:00Z
+    assert out["status_id"] == 2 and out["status_detail"] == "no rights"
+    assert out["actor"]["user"]["uid"] == "u-priya"
+    assert out["actor"]["user"]["name"] == "Priya Raman"
+    assert out["unmapped"]["details"] == {"sequence": 0}
