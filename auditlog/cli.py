@@ -187,6 +187,13 @@ try:
 except ImportError:
     pass
 
+try:
+    from producers.cli_publish import register as _register_publish
+
+    _EXTRA_COMMANDS.append(_register_publish)
+except ImportError:  # installed without the producer extra (confluent-kafka)
+    pass
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
