@@ -515,11 +515,11 @@ class Publisher:
             raise
         count = self._fetch_partition_count(self._producer, self.topic, s.metadata_timeout_ms / 1000.0)
         self._meta_refreshed = time.monotonic()
-        if count is None:
+        if isinstance(count, str):
             self._meta_due.add(self.topic)
             self._enter_spooling(
-                f"no metadata for topic {self.topic!r} from {s.bootstrap_servers} within "
-                f"{s.metadata_timeout_ms} ms (broker unreachable?)"
+                f"no partition count for topic {self.topic!r} from {s.bootstrap_servers} within "
+                f"{s.metadata_timeout_ms} ms ({count})"
             )
         else:
             self._partition_counts[self.topic] = count
@@ -1202,21 +1202,26 @@ class Publisher:
             log.debug("publisher %s: Kafka client error: %s", self.settings.client_id, err.str())
 
     @staticmethod
-    def _fetch_partition_count(producer: Producer, topic: str, timeout: float) -> int | None:
+    def _fetch_partition_count(producer: Producer, topic: str, timeout: float) -> int | str:
+        """The topic's partition count, or why it is not known."""
         deadline = time.monotonic() + timeout
+        problem = "no answer"
         while True:
             remaining = deadline - time.monotonic()
             try:
                 metadata = producer.list_topics(topic, timeout=max(0.1, remaining))
             except KafkaException as exc:
-                log.debug("metadata for %s: %s", topic, exc)
+                problem = f"broker unreachable? {exc.args[0] if exc.args else exc}"
             else:
                 found = metadata.topics.get(topic)
                 if found is not None and found.error is None and found.partitions:
                     return len(found.partitions)
+                error = found.error if found is not None else None
+                problem = f"topic error: {error}" if error is not None else "topic unknown"
             # A topic being auto-created reports LEADER_NOT_AVAILABLE for a moment.
             if time.monotonic() + 0.2 >= deadline:
-                return None
+                log.debug("metadata for %s: %s", topic, problem)
+                return problem
             time.sleep(0.2)
 
     def _refresh_metadata(self, now: float) -> None:
@@ -1233,7 +1238,7 @@ class Publisher:
                 self._meta_tried[topic] = time.monotonic()
                 if topic == self.topic:
                     self._meta_refreshed = time.monotonic()
-                if count is None:
+                if isinstance(count, str):
                     continue
                 self._meta_due.discard(topic)
                 previous = self._partition_counts.get(topic)

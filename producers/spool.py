@@ -217,11 +217,12 @@ class Spool:
 
     def _writer(self, incoming: int) -> BinaryIO:
         size = self._sizes.get(self._active, 0)
-        if self._fh is not None and size > 0 and size + incoming > self.segment_bytes:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        if size > 0 and size + incoming > self.segment_bytes:
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+                self._fh = None
             self._active += 1
             self._next_index = 0
         if self._fh is None:
@@ -399,7 +400,7 @@ class Spool:
     def _recover(self) -> None:
         ack_segment, ack_index = self._read_ackpos()
         numbers = sorted(n for p in self.directory.iterdir() if (n := _segment_number(p)) is not None)
-        last = numbers[-1] if numbers else None
+        lines_in: dict[int, int] = {}
         for number in numbers:
             path = self.directory / _segment_name(number)
             if number < ack_segment:
@@ -417,29 +418,24 @@ class Spool:
                 with open(path, "r+b") as fh:
                     fh.truncate(cut)
                 data = data[:cut]
+            lines = [line + b"\n" for line in data.split(b"\n")[:-1]]
             offset = 0
-            for index, line in enumerate(data.splitlines(keepends=True)):
-                length = len(line)
+            for index, line in enumerate(lines):
                 if not (number == ack_segment and index < ack_index):
                     try:
                         record = decode_record(line)
                     except ValueError as exc:
                         self._quarantine(path, index, line, str(exc))
                     else:
-                        self._entries.append(_Entry(number, index, offset, length, record.events))
+                        self._entries.append(_Entry(number, index, offset, len(line), record.events))
                         self._pending_events += record.events
-                offset += length
+                offset += len(line)
             self._sizes[number] = len(data)
-            if number == last:
-                self._active = number
-                self._next_index = len(data.splitlines())
-        if last is not None and not self._entries:
-            # Nothing pending: start afresh after the newest segment.
-            for number in list(self._sizes):
-                self._delete_segment(number)
-            self._active = last + 1
-            self._next_index = 0
+            lines_in[number] = len(lines)
         if self._entries:
+            # Keep appending to the newest segment, after its last line.
+            self._active = max(self._sizes)
+            self._next_index = lines_in[self._active]
             log.warning(
                 "spool %s holds %d undelivered events in %d messages from an earlier run; "
                 "they are sent before any new event",
@@ -447,6 +443,14 @@ class Spool:
                 self._pending_events,
                 len(self._entries),
             )
+            return
+        for number in list(self._sizes):
+            self._delete_segment(number)
+        # Segment numbers only grow: a new segment must sort after the one
+        # ackpos.json points into, or its records would be taken as delivered.
+        self._active = max([ack_segment, *numbers], default=-1) + 1
+        self._next_index = 0
+        self._ack_dirty = True
 
     def _quarantine(self, path: Path, index: int, line: bytes, problem: str) -> None:
         log.error(

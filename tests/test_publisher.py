@@ -277,6 +277,13 @@ def test_spool_round_trip_and_recovery(tmp_path: Path) -> None:
     assert reopened.pending_records == 0
     reopened.close()
     assert not list(tmp_path.glob("segment-*.ndjson"))
+    # After everything was delivered, new records must not be mistaken for
+    # delivered ones on the next reopen (segment numbers keep growing).
+    for _ in range(2):
+        with Spool(tmp_path, max_bytes=1 << 20) as spool:
+            spool.append("t", values[0], 3, ENVELOPE_CONTENT_TYPE)
+    with Spool(tmp_path, max_bytes=1 << 20) as spool:
+        assert [r.value for r in spool.pending()] == [values[0], values[0]]
 
 
 def test_spool_full_raises(tmp_path: Path) -> None:
@@ -301,6 +308,23 @@ def test_spool_full_raises(tmp_path: Path) -> None:
     assert report.in_spool == accepted
     with Spool(tmp_path, max_bytes=65_536) as spool:
         assert spool.pending_events == accepted
+
+
+def test_cli_publish_without_broker_keeps_events_in_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AUDITLOG_KAFKA_METADATA_TIMEOUT_MS", "300")
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in make_events(20, 4)) + b"\n")
+    spool_dir = tmp_path / "spool"
+    argv = ["publish", str(path), "--bootstrap-servers", dead_address(), "--spool-dir", str(spool_dir)]
+    code = cli_main([*argv, "--drain-timeout", "0.5", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 3
+    assert "20 events wait in the spool" in err
+    assert orjson.loads(out.strip().splitlines()[-1])["in_spool"] == 20
+    with Spool(spool_dir, max_bytes=1 << 20) as spool:
+        assert spool.pending_events == 20
 
 
 def test_settings_from_env_and_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
