@@ -9,9 +9,12 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
 
 from query_api.deps import Services
 from query_api.routes import router
+from query_api.ui import STATIC_DIR, STATIC_PATH
+from query_api.ui import router as ui_router
 from storage.engine import StoreError
 
 
@@ -42,6 +45,8 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     app.include_router(router)
+    app.include_router(ui_router)
+    app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="ui-static")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -28,15 +28,16 @@ from starlette.concurrency import run_in_threadpool
 
 from producers.contract import ENTITY_KINDS
 from producers.directory import Directory
-from query_api.deps import ServicesDep
+
+# Re-exported: one cookie name for the viewer and the API's cookie authentication.
+from query_api.deps import SESSION_COOKIE as SESSION_COOKIE
+from query_api.deps import Services, ServicesDep, caller_from_key
 from query_api.permissions import Caller, may_read_activity_log, may_read_entity, scope_for
+from query_api.routes import Reading
 from query_api.search import QUALIFIERS, SearchSyntaxError, Term, Text, compile_query, parse
 from query_api.serialize import event_out
 from storage.read_scope import ReadScope
 from storage.reader import CursorError, EventFilter, View
-
-SESSION_COOKIE = "auditlog_key"
-"""Shared with query_api.deps, which accepts the same cookie for the export endpoints."""
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -105,7 +106,7 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
 )
 _env.globals["asset_version"] = _asset_version()
-_env.globals["kind_label"] = lambda kind: KIND_LABELS.get(kind, kind)
+_env.globals["kind_name"] = lambda kind: KIND_LABELS.get(kind, kind)
 templates = Jinja2Templates(env=_env)
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -159,13 +160,11 @@ def _login_redirect(request: Request, *, clear: bool) -> HTTPException:
     return HTTPException(status.HTTP_303_SEE_OTHER, detail="sign in first", headers=headers)
 
 
-def _caller_for_key(services: Any, key: str | None) -> Caller | None:
+def _caller_for_key(services: Services, key: str | None) -> Caller | None:
     if not key or len(key) > MAX_KEY_LENGTH:
         return None
-    found = services.keys.lookup(key)
-    if found is None:
-        return None
-    return Caller(user_id=found.user_id, can_ingest=found.can_ingest, key_label=found.label)
+    # The API's own resolution, as for a cookie there: a browser session never ingests.
+    return caller_from_key(services, key, via_cookie=True)
 
 
 def get_session(request: Request, services: ServicesDep) -> Session:
@@ -196,6 +195,8 @@ def _render(
         "static": _base(request) + STATIC_PATH,
         "session": session,
         "may_read_activity": bool(session and may_read_activity_log(session.scope)),
+        "my_activity_href": user_href(_base(request), session.caller.user_id) if session else "",
+        "nav": "",
         **context,
     }
     return templates.TemplateResponse(
@@ -203,9 +204,13 @@ def _render(
     )
 
 
-def _problem(
-    request: Request, session: Session | None, code: int, title: str, message: str
-) -> Response:
+def _audit(request: Request, session: Session, services: Services, details: dict[str, Any]) -> None:
+    """Pages are reads like the API's, recorded the same way (`audit_log.read`)."""
+    reading = Reading(request=request, caller=session.caller, scope=session.scope, services=services)
+    reading.audit("audit_log.read", {"client": "ui", **details})
+
+
+def _problem(request: Request, session: Session | None, code: int, title: str, message: str) -> Response:
     return _render(
         request,
         "error.html",
@@ -218,8 +223,9 @@ def _problem(
 def _same_origin(request: Request) -> bool:
     """Refuse cross-site form posts (login CSRF): browsers send Origin and Sec-Fetch-Site."""
     site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
+    if site is not None:
+        # Trusted alone when present: a proxy that rewrites Host would break the Origin check.
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
         return origin is None
@@ -270,12 +276,6 @@ def _without(q: str, start: int) -> str:
     return (q[:start].rstrip() + " " + q[end:].lstrip()).strip()
 
 
-def _quote_value(value: str) -> str:
-    if value and re.fullmatch(r"[^\s\",]+", value):
-        return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 @dataclass(frozen=True)
 class Chip:
     key: str
@@ -311,9 +311,14 @@ def _quick(q: str, path: str, limit: int, chips: list[Chip]) -> list[dict[str, A
             out.append({"label": label, "term": term, "active": True, "href": chip.remove_href})
         else:
             added = (q.strip() + " " + term).strip()
-            out.append({"label": label, "term": term, "active": False, "href": _with_params(
-                path, {"q": added, "limit": limit}
-            )})
+            out.append(
+                {
+                    "label": label,
+                    "term": term,
+                    "active": False,
+                    "href": _with_params(path, {"q": added, "limit": limit}),
+                }
+            )
     return out
 
 
@@ -343,6 +348,11 @@ def _row(event: dict[str, Any], session: Session) -> dict[str, Any]:
         "target_kind": target["kind"],
         "target_href": entity_href(base, target["kind"], target["id"]) if readable_target else None,
         "environment": event["environment"] or "",
+        "environment_label": (
+            session.directory.display_name("environment", event["environment"]) or event["environment"]
+        )
+        if event["environment"]
+        else "",
         "outcome": event["outcome"],
         "reason": event["reason"] or "",
     }
@@ -367,11 +377,19 @@ class LogView:
     heading: str
     kind_label: str
     subject_id: str
-    scope_q: str
-    """The view as a search qualifier, so an export of this page covers the same rows."""
+    export_filter: dict[str, str]
+    """The view as the export endpoint's exact filters, so an export covers the same rows."""
 
 
-def _log_page(request: Request, session: Session, services: Any, log: LogView) -> Response:
+def _nav(log: LogView, session: Session) -> str:
+    if log.view.kind == "global":
+        return "global"
+    if log.view.kind == "activity" and log.view.actor_id == session.caller.user_id:
+        return "mine"
+    return ""
+
+
+def _log_page(request: Request, session: Session, services: Services, log: LogView) -> Response:
     params = request.query_params
     q = (params.get("q") or "")[:2000]
     default_limit = services.settings.default_page_size
@@ -405,6 +423,8 @@ def _log_page(request: Request, session: Session, services: Any, log: LogView) -
         )
         rows = [_row(event_out(r), session) for r in page.items]
         next_cursor = page.next_cursor
+        asked = {k: v for k, v in params.multi_items() if k not in ("cursor", "trail")}
+        _audit(request, session, services, {"view": log.view.kind, "query": asked, "returned": len(rows)})
     except SearchSyntaxError as exc:
         status_code = 400
         end = _token_end(q, exc.position) if exc.position < len(q) else len(q)
@@ -436,11 +456,12 @@ def _log_page(request: Request, session: Session, services: Any, log: LogView) -
     newest_href = _with_params(path, common)
     page_no = (len(trail) + 2) if cursor else 1
 
-    export_q = " ".join(p for p in (log.scope_q, q.strip()) if p)
     exports = None
     if error is None:
         exports = {
-            fmt: _with_params(session.base + "/v1/events/export", {"format": fmt, "q": export_q})
+            fmt: _with_params(
+                session.base + "/v1/events/export", {"format": fmt, **log.export_filter, "q": q.strip()}
+            )
             for fmt in ("csv", "ndjson")
         }
     context = {
@@ -463,6 +484,7 @@ def _log_page(request: Request, session: Session, services: Any, log: LogView) -
         "page_no": page_no,
         "exports": exports,
         "qualifiers": QUALIFIERS,
+        "nav": _nav(log, session),
     }
     return _render(request, "log.html", context, status_code=status_code, session=session)
 
@@ -480,7 +502,9 @@ def login_form(request: Request, services: ServicesDep, next: str | None = None)
 @router.post("/login")
 async def login(request: Request, services: ServicesDep) -> Response:
     if not _same_origin(request):
-        return _problem(request, None, 403, "Sign-in refused", "The sign-in form was posted from another site.")
+        return _problem(
+            request, None, 403, "Sign-in refused", "The sign-in form was posted from another site."
+        )
     body = await request.body()
     fields: dict[str, list[str]] = {}
     if len(body) <= MAX_LOGIN_BODY and "application/x-www-form-urlencoded" in request.headers.get(
@@ -532,15 +556,13 @@ def global_log(request: Request, session: CurrentSession, services: ServicesDep)
         heading="Audit log",
         kind_label="All tasks you may read",
         subject_id="",
-        scope_q="",
+        export_filter={},
     )
     return _log_page(request, session, services, log)
 
 
 @router.get("/users/{user_id:path}")
-def user_activity(
-    user_id: str, request: Request, session: CurrentSession, services: ServicesDep
-) -> Response:
+def user_activity(user_id: str, request: Request, session: CurrentSession, services: ServicesDep) -> Response:
     if not user_id or len(user_id) > 256:
         return _problem(request, session, 404, "Not found", "There is no such user.")
     if not may_read_activity_log(session.scope):
@@ -559,7 +581,7 @@ def user_activity(
         heading=name,
         kind_label="Activity log",
         subject_id=user_id,
-        scope_q="actor:" + _quote_value(user_id),
+        export_filter={"actor": user_id},
     )
     return _log_page(request, session, services, log)
 
@@ -585,7 +607,7 @@ def entity_changes(
         heading=name,
         kind_label=f"{KIND_LABELS[kind]} change log",
         subject_id=entity_id,
-        scope_q="entity:" + _quote_value(f"{kind}/{entity_id}"),
+        export_filter={"entity": f"{kind}/{entity_id}"},
     )
     return _log_page(request, session, services, log)
 
@@ -597,15 +619,14 @@ def _json_text(value: Any) -> str:
 
 
 @router.get("/events/{event_id}")
-def event_detail(
-    event_id: str, request: Request, session: CurrentSession, services: ServicesDep
-) -> Response:
+def event_detail(event_id: str, request: Request, session: CurrentSession, services: ServicesDep) -> Response:
     not_found = "No such event, or you may not read it."
     try:
         canonical = str(UUID(event_id))
     except ValueError:
         return _problem(request, session, 404, "Event not found", not_found)
     row = services.store.reader.get(scope=session.scope, event_id=canonical)
+    _audit(request, session, services, {"view": "event", "event_id": canonical, "found": row is not None})
     if row is None:
         # Missing and hidden look the same, as in the API: existence is not disclosed.
         return _problem(request, session, 404, "Event not found", not_found)
