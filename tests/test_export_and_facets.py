@@ -48,7 +48,7 @@ def _seed_sql(store: Store, n: int) -> None:
         INSERT INTO {store.database}.audit_events
             (event_id, schema_version, occurred_at, received_at, infrastructure, environment, actor_id,
              actor_name, actor_type, action, target_kind, target_id, target_name, entity_keys, outcome,
-             reason, changes, details, source_service, read_scope, ingest_source)
+             reason, changes, details, source_service, read_scope, scope_key, scope_multi, ingest_source)
         SELECT
             generateUUIDv4(number), 1,
             fromUnixTimestamp64Milli(toInt64(1790000000000 - number * 7919), 'UTC'),
@@ -65,7 +65,8 @@ def _seed_sql(store: Store, n: int) -> None:
             '[{{"field":"version","new":"2","old":"1"}}]',
             '{{"note":"row, with a comma; and \\\\"quotes\\\\""}}',
             'lifetime',
-            if(number % 3 = 2, ['infra'], [concat('app:app-', toString(number % 20))]), 'synthetic'
+            if(number % 3 = 2, ['infra'], [concat('app:app-', toString(number % 20))]) AS scope,
+            scope[1], [], 'synthetic'
         FROM numbers({{n:UInt64}})
         """,
         params={"n": n},
