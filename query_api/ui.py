@@ -64,6 +64,8 @@ QUICK_FILTERS: tuple[tuple[str, str], ...] = (
     ("Teams", "kind:team"),
     ("Environments", "kind:environment"),
     ("Infrastructure", "kind:infrastructure"),
+    # Every page view is itself recorded; an operator often wants those rows out of the way.
+    ("Hide log reads", "-action:audit_log.*"),
 )
 
 KIND_LABELS = {
@@ -652,7 +654,18 @@ def event_detail(event_id: str, request: Request, session: CurrentSession, servi
         for c in event["changes"]
         if isinstance(c, dict)
     ]
+    team_id = event["enrichment"]["application_team_id"]
+    team = None
+    if team_id:
+        team = {
+            "id": team_id,
+            "name": session.directory.display_name("team", team_id) or team_id,
+            "href": entity_href(base, "team", team_id)
+            if may_read_entity(session.scope, session.directory, "team", team_id)
+            else None,
+        }
     context = {
+        "team": team,
         "title": f"{event['action']} · event",
         "event": event,
         "row": _row(event, session),
