@@ -32,6 +32,7 @@ _FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--max-consecutive-rejects", "max_consecutive_rejects", {"type": int}),
     ("--reject-min-sample", "reject_min_sample", {"type": int}),
     ("--session-timeout", "session_timeout_s", {"type": float, "help": "consumer group session timeout (s)"}),
+    ("--instance-id", "instance_id", {"help": "static group membership id (e.g. the pod name)"}),
     ("--stats-file", "stats_path", {"type": Path, "help": "write the counters here (JSON) per batch"}),
 )
 

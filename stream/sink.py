@@ -73,6 +73,8 @@ def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
         # Give up on a send after this; the batch is then retried as a whole.
         "message.timeout.ms": 120_000,
         "log_level": 3,
+        # librdkafka's own log lines (a broker down, ...) go through logging, not raw to stderr.
+        "logger": logging.getLogger("auditlog.librdkafka"),
     }
     config.update(overrides)
     return config

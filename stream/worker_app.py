@@ -103,6 +103,11 @@ class WorkerSettings(BaseSettings):
         default=30.0, ge=6, description="a silent (killed) worker's partitions move after this"
     )
     heartbeat_s: float = Field(default=3.0, gt=0)
+    instance_id: str | None = Field(
+        default=None,
+        description="static group membership (KIP-345): a restarted worker with the same id takes "
+        "its partitions back at once instead of after the session timeout",
+    )
     flush_timeout_s: float = Field(default=60.0, gt=0)
     retry_initial_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=30.0, gt=0)
@@ -160,7 +165,12 @@ class Counters:
 
 def ensure_topics(settings: WorkerSettings, *, timeout_s: float = 60.0) -> None:
     """Create the worker's topics if missing; the directory topic compacted."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 3})
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "log_level": 3,
+        "logger": logging.getLogger("auditlog.librdkafka"),
+    }
+    admin = AdminClient(config)
     max_bytes = settings.topic_max_message_bytes
     # The DLQ keeps a rejected message whole, plus headers: a little more room than audit.raw.
     wanted = [
@@ -297,6 +307,7 @@ class DirectoryFollower:
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 "log_level": 3,
+                "logger": logging.getLogger("auditlog.librdkafka"),
             }
         )
 
@@ -587,6 +598,7 @@ def build_app(runtime: WorkerRuntime) -> Any:
         broker_commit_interval=3600.0,
         stream_wait_empty=False,
         broker_session_timeout=s.session_timeout_s,
+        consumer_group_instance_id=s.instance_id,
         broker_heartbeat_interval=min(s.heartbeat_s, s.session_timeout_s / 3),
         consumer_max_fetch_size=s.topic_max_message_bytes,
         stream_buffer_maxsize=max(4096, s.batch_size),

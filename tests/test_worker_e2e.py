@@ -49,11 +49,18 @@ def free_port() -> int:
         return port
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float, every: float = 0.25) -> None:
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    every: float = 0.25,
+    detail: Callable[[], str] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            more = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{more}")
         time.sleep(every)
 
 
@@ -173,6 +180,9 @@ class Worker:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def tail(self) -> str:
+        return f"stats: {self.stats()}\nlog:\n{self.log_text()[-4000:]}"
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -182,7 +192,7 @@ class Worker:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
             return int(self.stats().get("events_in", 0)) >= n
 
-        wait_for(f"the worker to take in {n} events", done, timeout)
+        wait_for(f"the worker to take in {n} events", done, timeout, detail=self.tail)
         return self.stats()
 
     def wait_api(self, timeout: float = 60) -> None:
@@ -233,6 +243,14 @@ class Api:
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         return self.client.get(path, params=params)
+
+    def export(self, **params: Any) -> list[dict[str, Any]]:
+        """Every matching event in one streamed NDJSON export (read audits filtered out by INFRA)."""
+        query = {"infrastructure": INFRA, "format": "ndjson", **params}
+        with self.client.stream("GET", "/v1/events/export", params=query) as response:
+            assert response.status_code == 200, response.read()
+            body = b"".join(response.iter_bytes())
+        return [orjson.loads(line) for line in body.splitlines() if line]
 
     def all_events(self, path: str = "/v1/events", **params: Any) -> list[dict[str, Any]]:
         """Every page of a listing. Read audits (infrastructure 'default') are filtered out by INFRA."""
@@ -545,6 +563,7 @@ def test_bad_input_at_the_kafka_edge_is_dead_lettered_and_the_worker_keeps_going
         store=store,
         group=f"{kafka_topic_prefix}-g",
         workdir=workdir,
+        extra_args=("--ocsf",),
     )
     workers.append(worker)
     worker.wait_api()
@@ -616,6 +635,13 @@ def test_bad_input_at_the_kafka_edge_is_dead_lettered_and_the_worker_keeps_going
     admin = worker.api(keys["u-admin"])
     served = {e["event_id"] for e in admin.all_events()}
     assert served == {e["event_id"] for e in [*good_before, *good_after, *envelope_ok]}
+
+    # With --ocsf the SIEM stream speaks OCSF: application.update is Entity Management: Update.
+    records = read_topic(kafka_bootstrap, topics.events, at_least=len(served))
+    ocsf = [orjson.loads(value_of(m)) for m in records]
+    assert {o["metadata"]["uid"] for o in ocsf} == served
+    assert {(o["class_uid"], o["activity_id"], o["type_uid"]) for o in ocsf} == {(3004, 3, 300403)}
+    assert all(o["entity"]["type"] == "application" and o["time"] > 0 for o in ocsf)
     assert worker.stop() == 0
 
 

@@ -1,0 +1,241 @@
+"""Stream worker throughput, end to end with envelopes: SDK -> audit.raw -> worker -> chDB + audit.events.v1.
+
+Two figures per run, each the median of `--runs` runs on fresh topics and a fresh store:
+
+- **end to end**: the worker is started and has joined its group, then N events
+  are published through the SDK (envelopes, as producers send them); the clock
+  runs from the first publish to the moment the worker has stored the last
+  event and committed (its stats file says so).
+- **backlog drain**: N events wait in audit.raw before the worker starts; the
+  clock runs from the start of its first batch to the end of its last, i.e.
+  the worker's own rate without the producer's.
+
+Usage (a broker must be running; `deploy/kafka/local-broker.sh start` gives one):
+
+    python benchmarks/worker_throughput.py --bootstrap 127.0.0.1:9092 --events 200000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from producers.publisher import ProducerSettings, Publisher  # noqa: E402
+from stream.worker_app import WorkerSettings, ensure_topics  # noqa: E402
+
+ENTITIES = 500
+
+
+def make_events(n: int, seed: str) -> list[dict[str, Any]]:
+    """Realistic ~600-byte events over many entities, so that every partition gets work."""
+    events = []
+    for i in range(n):
+        app = f"app-{i % ENTITIES:04d}"
+        events.append(
+            {
+                "schema_version": 1,
+                "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{seed}/{i}")),
+                "occurred_at": f"2026-10-01T{(i // 3_600_000) % 24:02d}:{(i // 60_000) % 60:02d}:"
+                f"{(i // 1000) % 60:02d}.{i % 1000:03d}Z",
+                "infrastructure": "bench",
+                "environment": "env-prod",
+                "actor": {
+                    "id": f"u-{i % 97}",
+                    "name": "someone",
+                    "type": "user",
+                    "ip": "10.0.0.7",
+                    "user_agent": "Mozilla/5.0",
+                    "session_id": f"s-{i % 1000}",
+                },
+                "action": "application.deploy",
+                "target": {"kind": "application", "id": app, "name": app},
+                "related": [{"kind": "environment", "id": "env-prod", "name": "Production"}],
+                "changes": [{"field": "version", "old": "1.2", "new": "1.3"}],
+                "details": {"sequence": i, "modules": 3},
+                "source": {"service": "lifetime", "host": "lt-1", "version": "11.20"},
+                "request_id": f"req-{i}",
+            }
+        )
+    return events
+
+
+def publish(bootstrap: str, topic: str, events: list[dict[str, Any]], spool: Path) -> float:
+    settings = ProducerSettings(
+        bootstrap_servers=bootstrap, topic=topic, spool_dir=spool, client_id=f"bench-{uuid.uuid4().hex[:6]}"
+    )
+    started = time.perf_counter()
+    with Publisher(settings) as pub:
+        for i in range(0, len(events), 10_000):
+            pub.publish_many(events[i : i + 10_000])
+        report = pub.flush(300)
+        assert report.ok, report
+    return time.perf_counter() - started
+
+
+class Worker:
+    def __init__(self, bootstrap: str, prefix: str, workdir: Path, batch_size: int) -> None:
+        self.stats_path = workdir / "stats.json"
+        self.log_path = workdir / "worker.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments built here
+            [
+                sys.executable,
+                "-m",
+                "auditlog.cli",
+                "-v",
+                "worker",
+                "--store",
+                str(workdir / "store"),
+                "--bootstrap",
+                bootstrap,
+                "--group",
+                f"{prefix}-g",
+                "--raw-topic",
+                f"{prefix}.raw",
+                "--events-topic",
+                f"{prefix}.events",
+                "--dlq-topic",
+                f"{prefix}.dlq",
+                "--directory-topic",
+                f"{prefix}.directory",
+                "--batch-size",
+                str(batch_size),
+                "--stats-file",
+                str(self.stats_path),
+            ],
+            cwd=REPO,
+            env={**os.environ, "AUDITLOG_WORKER_FAUST_DATADIR": str(workdir / "faust")},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = orjson.loads(self.stats_path.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return {}
+        return data
+
+    def wait(self, predicate: Any, what: str, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"worker exited: see {self.log_path}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out waiting for {what}; see {self.log_path}")
+            time.sleep(0.05)
+
+    def joined(self) -> bool:
+        self._log.flush()
+        return b"Setting newly assigned partitions" in self.log_path.read_bytes()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        self._log.close()
+
+
+def one_run(bootstrap: str, n: int, batch_size: int, partitions: int) -> dict[str, float]:
+    workdir = Path(tempfile.mkdtemp(prefix="auditlog-bench-"))
+    (workdir / "faust").mkdir()
+    out: dict[str, float] = {}
+
+    # End to end: worker waiting, then the producers start.
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    ensure_topics(_settings(bootstrap, prefix, partitions))
+    _mk(workdir / "e2e")
+    worker = Worker(bootstrap, prefix, workdir / "e2e", batch_size)
+    try:
+        worker.wait(worker.joined, "the worker to join its group")
+        events = make_events(n, prefix)
+        started = time.perf_counter()
+        publish_s = publish(bootstrap, f"{prefix}.raw", events, workdir / "spool-e2e")
+        worker.wait(lambda: int(worker.stats().get("events_in", 0)) >= n, f"{n} events stored")
+        elapsed = time.perf_counter() - started
+        stats = worker.stats()
+        assert stats["rows_stored"] == n and stats["balanced"], stats
+        out["e2e_events_per_s"] = n / elapsed
+        out["publish_events_per_s"] = n / publish_s
+    finally:
+        worker.stop()
+
+    # Backlog drain: everything published first, then the worker starts.
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    ensure_topics(_settings(bootstrap, prefix, partitions))
+    events = make_events(n, prefix)
+    publish(bootstrap, f"{prefix}.raw", events, workdir / "spool-drain")
+    _mk(workdir / "drain")
+    worker = Worker(bootstrap, prefix, workdir / "drain", batch_size)
+    try:
+        worker.wait(lambda: int(worker.stats().get("events_in", 0)) >= n, f"{n} events stored")
+        stats = worker.stats()
+        assert stats["rows_stored"] == n and stats["balanced"], stats
+        out["drain_events_per_s"] = n / (stats["last_batch_at"] - stats["first_batch_at"])
+        out["drain_batches"] = stats["batches"]
+    finally:
+        worker.stop()
+    return out
+
+
+def _mk(path: Path) -> None:
+    (path / "faust").mkdir(parents=True, exist_ok=True)
+
+
+def _settings(bootstrap: str, prefix: str, partitions: int) -> WorkerSettings:
+    return WorkerSettings(
+        bootstrap_servers=bootstrap,
+        raw_topic=f"{prefix}.raw",
+        events_topic=f"{prefix}.events",
+        dlq_topic=f"{prefix}.dlq",
+        directory_topic=f"{prefix}.directory",
+        topic_partitions=partitions,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("AUDITLOG_TEST_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=20_000, help="worker batch size, in messages")
+    parser.add_argument("--partitions", type=int, default=6)
+    args = parser.parse_args()
+
+    results = []
+    for run in range(1, args.runs + 1):
+        r = one_run(args.bootstrap, args.events, args.batch_size, args.partitions)
+        results.append(r)
+        print(
+            f"run {run}: end to end {r['e2e_events_per_s']:,.0f} events/s "
+            f"(SDK publish alone {r['publish_events_per_s']:,.0f}/s); "
+            f"backlog drain {r['drain_events_per_s']:,.0f} events/s in {r['drain_batches']:.0f} batches",
+            flush=True,
+        )
+    for key, label in (
+        ("e2e_events_per_s", "end to end"),
+        ("drain_events_per_s", "backlog drain"),
+        ("publish_events_per_s", "SDK publish"),
+    ):
+        print(f"median {label}: {statistics.median(r[key] for r in results):,.0f} events/s")
+    print(f"({args.events:,} events per run, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()
