@@ -30,6 +30,10 @@ def build_embedded(
     directories = DirectorySource(store)
     if directory is not None:
         directories.replace(directory)
+    known = directories.get().infrastructures
+    if "infrastructure" not in settings.model_fields_set and len(known) == 1:
+        # One installation: record reads of its log against it rather than a placeholder.
+        settings = settings.model_copy(update={"infrastructure": next(iter(known))})
     ingestor = BatchIngestor(store, directories.get, source="api")
     auditor = None
     if settings.audit_reads:

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from query_api.deps import Services
@@ -72,6 +73,10 @@ def create_app(services: Services) -> FastAPI:
             status_code=503,
             media_type="application/json",
         )
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/ui/")
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

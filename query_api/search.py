@@ -255,4 +255,4 @@ def compile_query(text: str, *, now: datetime) -> SearchClause:
             + ")"
         )
         clauses.append(f"NOT {sql}" if item.negated else sql)
-    return SearchClause(sql=" AND ".join(clauses) if clauses else "1", params=params)
+    return SearchClause(sql=" AND ".join(clauses) if clauses else "1", params=params, source=text.strip())

@@ -19,4 +19,4 @@ class ApiSettings(BaseSettings):
         default="default", description="infrastructure id recorded on audit-log reads"
     )
     audit_reads: bool = Field(default=True, description="record every read of the audit log as an event")
-    export_chunk_rows: int = Field(default=20_000, ge=100, le=200_000, description="rows per export query")
+    export_chunk_rows: int = Field(default=5_000, ge=100, le=200_000, description="rows per export query")

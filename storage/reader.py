@@ -40,6 +40,9 @@ class SearchClause:
 
     sql: str
     params: dict[str, Any]
+    # The text the user typed: what a cursor is tied to. Relative times (after:-7d)
+    # compile to a new instant on every request, so the compiled params cannot be.
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class EventFilter:
     def fingerprint(self) -> str:
         data = {k: v for k, v in self.__dict__.items() if k != "search"}
         if self.search is not None:
-            data["search"] = [self.search.sql, self.search.params]
+            data["search"] = self.search.source or [self.search.sql, self.search.params]
         return hashlib.sha256(orjson.dumps(data, default=list)).hexdigest()[:16]
 
 

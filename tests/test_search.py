@@ -253,3 +253,23 @@ def _scope_of(store: Store, event_id: str) -> list[str]:
     )
     scope: list[str] = rows[0]["read_scope"]
     return scope
+
+
+def test_relative_time_queries_page_across_requests(store: Store) -> None:
+    events = [_ev(i) for i in range(30)]
+    store.writer.write([process(parse_event(e), Directory(), Lineage("t", 0)) for e in events])
+    first = store.reader.page(
+        scope=ALL, view=View(), filters=EventFilter(search=compile_query("after:-60d", now=NOW)), limit=10
+    )
+    assert first.next_cursor is not None
+    # The next request compiles -60d against a later clock: the cursor must still be accepted.
+    later = NOW + timedelta(seconds=5)
+    second = store.reader.page(
+        scope=ALL,
+        view=View(),
+        filters=EventFilter(search=compile_query("after:-60d", now=later)),
+        limit=10,
+        cursor=first.next_cursor,
+    )
+    assert {r["event_id"] for r in second.items}.isdisjoint({r["event_id"] for r in first.items})
+    assert len(second.items) == 10
