@@ -100,25 +100,58 @@ def dlq_headers(rejected: Rejected) -> KafkaHeaders:
     return headers
 
 
-class _Deliveries:
-    """Delivery reports of one flush. Callbacks run on the thread that polls or flushes."""
+@dataclass(slots=True)
+class _Record:
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: KafkaHeaders
+    dead_letter: Rejected | None = None
+    truncated: bool = False
 
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self.too_large: list[int] = []
+
+class _Deliveries:
+    """Where one batch's records stand, across write attempts of that batch.
+
+    A retry re-sends only the records that failed. Records still queued in the
+    producer from an attempt that timed out (a broker restarting) are waited
+    for, not sent again: that would duplicate them on the output topics and
+    could put an entity's events out of order there.
+    """
+
+    def __init__(self, outcome: BatchOutcome, records: list[_Record]) -> None:
+        self.outcome = outcome
+        self.records = records
+        self.acked: set[int] = set()
+        self.inflight: set[int] = set()
+        self.errors: dict[int, str] = {}
+        self.too_large: set[int] = set()
         self._lock = threading.Lock()
 
-    def callback(self, tag: int | None) -> Callable[[KafkaError | None, Message], None]:
+    def callback(self, tag: int) -> Callable[[KafkaError | None, Message], None]:
+        # Runs on the thread that polls or flushes the producer.
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                return
             with self._lock:
-                if tag is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    self.too_large.append(tag)
+                self.inflight.discard(tag)
+                if err is None:
+                    self.acked.add(tag)
+                elif (
+                    err.code() == KafkaError.MSG_SIZE_TOO_LARGE and self.records[tag].dead_letter is not None
+                ):
+                    self.too_large.add(tag)
                 else:
-                    self.errors.append(f"{msg.topic()}: {err}")
+                    self.errors[tag] = f"{msg.topic()}: {err}"
 
         return on_delivery
+
+    def unsent(self) -> list[int]:
+        with self._lock:
+            return [t for t in range(len(self.records)) if t not in self.acked and t not in self.inflight]
+
+    @property
+    def done(self) -> bool:
+        with self._lock:
+            return len(self.acked) == len(self.records)
 
 
 class FaultyEngine:
@@ -181,12 +214,14 @@ class Sink:
         self._dlq_topic = dlq_topic
         self._ocsf = ocsf
         self._flush_timeout_s = flush_timeout_s
+        self._deliveries: _Deliveries | None = None
 
     def write(self, outcome: BatchOutcome) -> SinkResult:
         """Store, produce and flush one batch. Raises `StoreError` or `SinkError`; then retry it."""
         result = self._writer.write(outcome.rows)
         produced = self._produce(outcome)
         self._store.writer.write_dead_letters([r.dead_letter() for r in outcome.dead_letters])
+        self._deliveries = None
         return SinkResult(
             inserted=result.inserted,
             duplicates=result.duplicates,
@@ -196,88 +231,85 @@ class Sink:
 
     # ---------------------------------------------------------------- kafka
 
-    def _send(
-        self,
-        deliveries: _Deliveries,
-        topic: str,
-        value: bytes,
-        key: bytes | None,
-        headers: KafkaHeaders,
-        tag: int | None = None,
-    ) -> bool:
-        """Queue one record; False if librdkafka refused it as too large at once."""
-        while True:
-            try:
-                self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=deliveries.callback(tag)
+    def _records(self, outcome: BatchOutcome) -> list[_Record]:
+        fmt = b"ocsf" if self._ocsf else b"auditlog"
+        records = []
+        for event in outcome.normalized_events:
+            body = to_ocsf(event) if self._ocsf else event
+            headers: KafkaHeaders = [
+                ("content-type", b"application/json"),
+                ("x-format", fmt),
+                ("x-event-id", str(event["event_id"]).encode()),
+            ]
+            records.append(_Record(self._events_topic, orjson.dumps(body), _event_key(event), headers))
+        for rejected in outcome.dead_letters:
+            records.append(
+                _Record(
+                    self._dlq_topic, rejected.payload, rejected.message.key, dlq_headers(rejected), rejected
                 )
-                return True
-            except BufferError:
-                # Local queue full: let deliveries drain, then try again.
-                self._producer.poll(0.05)
-            except KafkaException as exc:
-                if tag is not None and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
-                    return False
-                raise SinkError(f"cannot produce to {topic}: {exc}") from None
+            )
+        return records
 
     def _produce(self, outcome: BatchOutcome) -> int:
-        deliveries = _Deliveries()
-        render = to_ocsf if self._ocsf else None
-        content_type = b"application/json"
-        fmt = b"ocsf" if self._ocsf else b"auditlog"
-        for event in outcome.normalized_events:
-            body = render(event) if render is not None else event
-            self._send(
-                deliveries,
-                self._events_topic,
-                orjson.dumps(body),
-                _event_key(event),
-                [
-                    ("content-type", content_type),
-                    ("x-format", fmt),
-                    ("x-event-id", str(event["event_id"]).encode()),
-                ],
+        state = self._deliveries
+        if state is None or state.outcome is not outcome:
+            state = self._deliveries = _Deliveries(outcome, self._records(outcome))
+        for _ in range(2):  # the second round only for DLQ records cut to size
+            for tag in state.unsent():
+                state.errors.pop(tag, None)
+                self._send(state, tag)
+            remaining = self._producer.flush(self._flush_timeout_s)
+            if not state.too_large:
+                break
+            for tag in sorted(state.too_large):
+                self._truncate(state.records[tag])
+            state.too_large.clear()
+        if state.errors:
+            sample = "; ".join(list(state.errors.values())[:3])
+            raise SinkError(f"{len(state.errors)} records failed delivery, e.g. {sample}")
+        if remaining or not state.done:
+            raise SinkError(
+                f"{len(state.records) - len(state.acked)} records not acknowledged by Kafka "
+                f"after {self._flush_timeout_s:.0f}s"
             )
-        too_large: list[int] = []
-        for i, rejected in enumerate(outcome.dead_letters):
-            if not self._send(
-                deliveries,
-                self._dlq_topic,
-                rejected.payload,
-                rejected.message.key,
-                dlq_headers(rejected),
-                tag=i,
-            ):
-                too_large.append(i)
-        self._flush(deliveries)
-        too_large.extend(deliveries.too_large)
-        if too_large:
-            # Second round, cut to size: the DLQ records that the topic would not take whole.
-            deliveries = _Deliveries()
-            for i in too_large:
-                rejected = outcome.dead_letters[i]
-                size = str(len(rejected.payload)).encode()
-                headers = [*dlq_headers(rejected), ("x-payload-truncated", size)]
-                self._send(
-                    deliveries,
-                    self._dlq_topic,
-                    rejected.payload[:TRUNCATED_PAYLOAD_BYTES],
-                    rejected.message.key,
-                    headers,
-                )
-            self._flush(deliveries)
-        return len(outcome.normalized_events) + len(outcome.dead_letters)
+        return len(state.records)
 
-    def _flush(self, deliveries: _Deliveries) -> None:
-        remaining = self._producer.flush(self._flush_timeout_s)
-        if remaining:
-            raise SinkError(
-                f"{remaining} records not acknowledged by Kafka after {self._flush_timeout_s:.0f}s"
-            )
-        if deliveries.errors:
-            raise SinkError(
-                f"{len(deliveries.errors)} records failed delivery, e.g. {'; '.join(deliveries.errors[:3])}"
-            )
+    def _send(self, state: _Deliveries, tag: int) -> None:
+        record = state.records[tag]
+        while True:
+            state.inflight.add(tag)
+            try:
+                self._producer.produce(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    on_delivery=state.callback(tag),
+                )
+                return
+            except BufferError:
+                # Local queue full: let deliveries drain, then try again.
+                state.inflight.discard(tag)
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                state.inflight.discard(tag)
+                code = exc.args[0].code() if exc.args else None
+                if code == KafkaError.MSG_SIZE_TOO_LARGE and record.dead_letter is not None:
+                    if record.truncated:
+                        raise SinkError(f"cannot produce to {record.topic} even cut to size: {exc}") from None
+                    self._truncate(record)
+                    continue
+                raise SinkError(f"cannot produce to {record.topic}: {exc}") from None
+
+    @staticmethod
+    def _truncate(record: _Record) -> None:
+        """A dead letter larger than the DLQ takes: kept whole in the store, cut to size on Kafka."""
+        if record.dead_letter is None or record.truncated:
+            return
+        size = str(len(record.dead_letter.payload)).encode()
+        record.value = record.dead_letter.payload[:TRUNCATED_PAYLOAD_BYTES]
+        record.headers = [*dlq_headers(record.dead_letter), ("x-payload-truncated", size)]
+        record.truncated = True
 
     def close(self) -> None:
         self._producer.flush(self._flush_timeout_s)
