@@ -34,6 +34,8 @@ MAX_NAME_LEN = 512
 MAX_RELATED = 1000
 MAX_CHANGES = 1000
 MAX_DETAILS_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 32
+MIN_YEAR, MAX_YEAR = 1970, 2200
 
 
 class EntityKind(StrEnum):
@@ -69,7 +71,11 @@ def _parse_rfc3339(value: Any) -> datetime:
         raise ValueError("must be an RFC 3339 timestamp string")
     if parsed.tzinfo is None:
         raise ValueError("must carry a time zone offset (Z or +hh:mm)")
-    return parsed.astimezone(UTC)
+    parsed = parsed.astimezone(UTC)
+    # ClickHouse's DateTime64 spans 1900-2299; an audit event from before 1970 is a bug.
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise ValueError(f"must lie between the years {MIN_YEAR} and {MAX_YEAR}")
+    return parsed
 
 
 Timestamp = Annotated[datetime, BeforeValidator(_parse_rfc3339)]
@@ -112,12 +118,39 @@ class EntityRef(BaseModel):
     name: Name | None = None
 
 
+def json_depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if `value` nests at most `limit` containers deep (iterative: no recursion limit)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def _shallow(value: Any) -> Any:
+    # Deeper JSON than this is no audit detail, and would hit encoders' recursion limits.
+    if not json_depth_ok(value):
+        raise ValueError(f"nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+ShallowJson = Annotated[Any, BeforeValidator(_shallow)]
+
+
 class Change(BaseModel):
     model_config = _Strict
 
     field: Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LEN)]
-    old: Any = None
-    new: Any = None
+    old: ShallowJson = None
+    new: ShallowJson = None
 
 
 class Source(BaseModel):
@@ -156,6 +189,11 @@ class AuditEvent(BaseModel):
         if not _ACTION_RE.match(value):
             raise ValueError("must look like <entity_kind>.<verb>, e.g. application.deploy")
         return value
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _details_depth(cls, value: Any) -> Any:
+        return _shallow(value)
 
     @field_validator("details")
     @classmethod

@@ -112,9 +112,10 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             ts, event_id, fp = orjson.loads(raw)
-            if not isinstance(ts, int) or isinstance(ts, bool):
+            if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts < 2**42:
                 raise TypeError
-            UUID(event_id)
+            # Canonical spelling: Python accepts {…} and urn:uuid: forms that toUUID does not.
+            event_id = str(UUID(event_id))
         except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
             raise CursorError(
                 "cursor is not valid: pass next_cursor from a previous page unchanged"

@@ -8,6 +8,7 @@ and rejected ones are kept in `dead_letters` with the reason.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,18 @@ class IngestReport:
         }
 
 
+def _payload(item: Any) -> bytes:
+    """The rejected item as JSON, whatever it holds: it must be kept, not fail the batch."""
+    try:
+        return orjson.dumps(item, default=str)
+    except TypeError:
+        # orjson stops at 254 levels of nesting; the standard library goes further.
+        try:
+            return json.dumps(item, default=str).encode()
+        except (RecursionError, ValueError):
+            return repr(item).encode()[:1_000_000]
+
+
 class BatchIngestor:
     def __init__(self, store: Store, directory: Callable[[], Directory], *, source: str = "api") -> None:
         self._store = store
@@ -75,7 +88,7 @@ class BatchIngestor:
                         received_at=ms_to_ch_time(received_at_ms),
                         source=self._source,
                         reason=exc.reason,
-                        payload=orjson.dumps(item, default=str),
+                        payload=_payload(item),
                     )
                 )
         result = self._store.writer.write(rows)

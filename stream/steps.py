@@ -91,7 +91,7 @@ class Lineage:
 def format_ch_time(ts: datetime) -> str:
     """DateTime64(3) literal in UTC, the form ClickHouse parses fastest from JSONEachRow."""
     ts = ts.astimezone(UTC)
-    return ts.strftime("%Y-%m-%d %H:%M:%S.") + f"{ts.microsecond // 1000:03d}"
+    return f"{ts.year:04d}-" + ts.strftime("%m-%d %H:%M:%S.") + f"{ts.microsecond // 1000:03d}"
 
 
 def ms_to_ch_time(ms: int) -> str:

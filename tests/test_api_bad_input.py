@@ -738,19 +738,10 @@ def test_reingesting_the_same_batch_stores_each_event_once(api: Api) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Found by these tests: product bugs, kept visible as strict xfails
+# Found by these tests: product bugs, fixed; kept as regression tests
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason=(
-        "bug: occurred_at before year 1000 passes the contract, but stream.steps.format_ch_time "
-        "writes strftime('%Y') unpadded ('1-06-15 ...', '999-06-15 ...'): years 1-10 are stored as "
-        "another date (0001-06-15 -> 2015-06-01), years 99-999 make the store fail, the POST answers "
-        "503 and the valid events of the same batch are lost"
-    ),
-    strict=True,
-)
 def test_occurred_at_before_year_1000_is_rejected_alone_or_stored_faithfully(api: Api) -> None:
     for n, year in enumerate((1, 10, 99, 999)):
         good = event(2 * n)
@@ -766,14 +757,6 @@ def test_occurred_at_before_year_1000_is_rejected_alone_or_stored_faithfully(api
             assert stored["occurred_at"] == odd["occurred_at"], (year, stored["occurred_at"])
 
 
-@pytest.mark.xfail(
-    reason=(
-        "bug: Cursor.decode validates the event id with Python's uuid.UUID, which also accepts "
-        "'{...}' and 'urn:uuid:...' forms; the reader then binds the string to ClickHouse toUUID, "
-        "which cannot parse them: GET /v1/events?cursor=<such a cursor> answers 503 instead of 422"
-    ),
-    strict=True,
-)
 def test_cursor_with_an_unusual_uuid_spelling_is_422_not_5xx(api: Api) -> None:
     assert api.post([event(i) for i in range(3)]).status_code == 200
     cursor = api.get("/v1/events", params=[("limit", "1")]).json()["next_cursor"]
@@ -784,15 +767,6 @@ def test_cursor_with_an_unusual_uuid_spelling_is_422_not_5xx(api: Api) -> None:
         assert r.status_code < 500, (spelling, r.status_code, r.text)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "bug: an event whose details (or changes[].old/new) nest 254+ levels deep is valid JSON "
-        "(orjson reads up to 1024 levels) but orjson.dumps raises TypeError('Recursion limit reached') "
-        "in the contract's details-size validator and in enrich; only InvalidEvent is caught, so "
-        "POST /v1/events answers 500 and the valid events of the batch are lost, nothing dead-lettered"
-    ),
-    strict=True,
-)
 def test_deeply_nested_details_are_rejected_alone(store: Store) -> None:
     api = make_api(store, ApiSettings(audit_reads=False))
     api.client = TestClient(api.embedded.app, raise_server_exceptions=False)

@@ -69,7 +69,10 @@ def test_canonical_action(raw: str, canonical: str) -> None:
 def test_enrichment_details() -> None:
     directory = load_directory(GOLDEN / "directory.yaml")
     lines = (GOLDEN / "events_in.ndjson").read_bytes().splitlines()
-    rows = {r["event_id"][-1]: r for r in (process(parse_event(orjson.loads(x)), directory, LINEAGE) for x in lines)}
+    rows = {
+        r["event_id"][-1]: r
+        for r in (process(parse_event(orjson.loads(x)), directory, LINEAGE) for x in lines)
+    }
     deploy = rows["1"]
     assert deploy["occurred_at"] == "2026-10-01 06:15:30.123"  # +02:00 to UTC, truncated to ms
     assert deploy["actor_name"] == "Andrea Fleet"  # the directory's name wins over the producer's
