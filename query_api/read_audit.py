@@ -73,6 +73,8 @@ class ReadAuditor:
         ip: str | None = None,
         user_agent: str | None = None,
         request_id: str | None = None,
+        outcome: str = "success",
+        reason: str | None = None,
     ) -> None:
         now = datetime.now(UTC)
         ms = int(now.timestamp() * 1000)
@@ -84,10 +86,12 @@ class ReadAuditor:
             "actor": {"id": caller.user_id, "type": "user"},
             "action": action,
             "target": {"kind": "infrastructure", "id": self._infrastructure},
-            "outcome": "success",
+            "outcome": outcome,
             "details": details,
             "source": {"service": "auditlog-query-api", "host": self._host, "version": "1"},
         }
+        if reason:
+            event["reason"] = reason[:4096]
         if ip and _is_ip(ip):
             event["actor"]["ip"] = ip
         if user_agent:

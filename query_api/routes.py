@@ -100,9 +100,12 @@ class Filters:
             raise _bad("since must be earlier than until")
         exact, prefixes = [], []
         for a in action:
-            a = a.strip()
-            if not a or a == "*":
+            # Stored actions are canonical lower case; a filter should find them as typed.
+            a = a.strip().lower()
+            if not a.rstrip("*"):
                 raise _bad(f"action {a!r} is empty: give an action or a prefix such as role.*")
+            if "*" in a.rstrip("*"):
+                raise _bad(f"action {a!r}: * is only allowed at the end, as a prefix wildcard")
             if a.endswith("*"):
                 prefixes.append(a.rstrip("*"))
             else:
@@ -154,7 +157,16 @@ class Reading:
     scope: ReadScope
     services: Services
 
-    def audit(self, action: str, details: dict[str, Any]) -> None:
+    def deny(self, detail: str, details: dict[str, Any]) -> HTTPException:
+        """A refused read is recorded too: who tried to look is what an auditor asks first."""
+        self.audit(
+            "audit_log.read", {**details, **_query_details(self.request)}, outcome="denied", reason=detail
+        )
+        return HTTPException(status.HTTP_403_FORBIDDEN, detail=detail)
+
+    def audit(
+        self, action: str, details: dict[str, Any], *, outcome: str = "success", reason: str | None = None
+    ) -> None:
         auditor = self.services.auditor
         if auditor is None:
             return
@@ -166,10 +178,27 @@ class Reading:
             ip=client.host if client else None,
             user_agent=self.request.headers.get("user-agent"),
             request_id=self.request.headers.get("x-request-id"),
+            outcome=outcome,
+            reason=reason,
         )
 
 
+KNOWN_PARAMETERS = frozenset(
+    {
+        "since", "until", "actor", "action", "entity_kind", "entity", "environment", "outcome",
+        "infrastructure", "q", "limit", "cursor", "include_total", "format", "size",
+    }
+)  # fmt: skip
+
+
 def get_reading(request: Request, caller: CurrentCaller, scope: Scope, services: ServicesDep) -> Reading:
+    # A misspelled filter silently ignored would show more rows than the caller meant to see.
+    unknown = sorted(set(request.query_params) - KNOWN_PARAMETERS)
+    if unknown:
+        raise _bad(
+            f"unknown query parameter {unknown[0][:64]!r}; "
+            f"expected one of {', '.join(sorted(KNOWN_PARAMETERS))}"
+        )
     return Reading(request=request, caller=caller, scope=scope, services=services)
 
 
@@ -212,8 +241,8 @@ def user_activity(
     include_total: IncludeTotal = False,
 ) -> Response:
     if not may_read_activity_log(reading.scope):
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, detail="the activity log needs Manage Infrastructure and Users"
+        raise reading.deny(
+            "the activity log needs Manage Infrastructure and Users", {"view": "activity", "user_id": user_id}
         )
     return _page(reading, View(kind="activity", actor_id=user_id), filters, include_total)
 
@@ -235,8 +264,9 @@ def entity_changes(
     if kind not in ENTITY_KINDS:
         raise _bad(f"unknown entity kind {kind[:64]!r}; expected one of {', '.join(ENTITY_KINDS)}")
     if not may_read_entity(reading.scope, directory, kind, entity_id):
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, detail=f"you may not read the change log of this {kind}"
+        raise reading.deny(
+            f"you may not read the change log of this {kind}",
+            {"view": "entity", "entity": f"{kind}/{entity_id}"},
         )
     view = View(kind="entity", entity_kind=kind, entity_id=entity_id)
     return _page(reading, view, filters, include_total)
