@@ -91,6 +91,12 @@ class WorkerSettings(BaseSettings):
     )
     batch_size: int = Field(default=20_000, ge=1, description="Kafka messages per batch (take n)")
     batch_seconds: float = Field(default=1.0, gt=0, description="longest wait to fill a batch (take within)")
+    max_batch_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="a batch is processed, stored and committed in slices of about this many message bytes "
+        "(envelopes make message counts a poor measure of work)",
+    )
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024, description="larger messages are dead-lettered undecoded"
     )
@@ -436,6 +442,25 @@ def raw_message(event: Any) -> RawMessage:
     )
 
 
+def slices(events: Sequence[Any], max_bytes: int) -> list[Sequence[Any]]:
+    """Consecutive runs of `events` of at most `max_bytes` of message values (at least one event each).
+
+    Runs are prefixes of the batch in order, so each one's offsets can be committed
+    once it is stored: per partition, everything before them is stored already.
+    """
+    out: list[Sequence[Any]] = []
+    start = size = 0
+    for i, event in enumerate(events):
+        n = len(event.message.value or b"")
+        if i > start and size + n > max_bytes:
+            out.append(events[start:i])
+            start, size = i, 0
+        size += n
+    if start < len(events):
+        out.append(events[start:])
+    return out
+
+
 def next_offsets(events: Sequence[Any]) -> dict[Any, int]:
     """Per topic-partition, the offset to commit once the batch is stored: last offset + 1."""
     offsets: dict[Any, int] = {}
@@ -507,11 +532,7 @@ class WorkerRuntime:
         result = await self._write(outcome)
         self.counters.add(outcome.messages, outcome.events, result)
         self.counters.last_batch_at = time.time()
-        committed = await self.app.consumer._commit(offsets)
-        if not committed:
-            # Partitions moved away mid-batch: their new owner redelivers, the store dedupes.
-            self.counters.commits_refused += 1
-            log.warning("offsets %s not committed (rebalanced); they will be redelivered", offsets)
+        await self._commit(offsets)
         c = self.counters
         log.info(
             "batch: %d messages, %d events -> %d stored, %d duplicates, %d dead-lettered in %.2fs "
@@ -530,6 +551,17 @@ class WorkerRuntime:
         if not c.balanced:
             log.error("accounting does not balance: %s", c.to_dict())
         self.write_stats()
+
+    async def _commit(self, offsets: dict[Any, int]) -> None:
+        # Only partitions still ours: aiokafka refuses (and faust then crashes the consumer)
+        # a commit for a partition a rebalance took away mid-batch. Its new owner
+        # redelivers those messages and the store dedupes them.
+        assigned = self.app.consumer.assignment()
+        mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        committed = bool(mine) and await self.app.consumer._commit(mine)
+        if not committed or len(mine) < len(offsets):
+            self.counters.commits_refused += 1
+            log.warning("offsets %s not committed (rebalanced); they will be redelivered", offsets)
 
     async def _write(self, outcome: Any) -> SinkResult:
         delay = self.settings.retry_initial_s
@@ -608,7 +640,8 @@ def build_app(runtime: WorkerRuntime) -> Any:
     async def consume(stream: Any) -> None:
         async for events in stream.take_events(s.batch_size, within=s.batch_seconds):
             try:
-                await runtime.handle(events)
+                for chunk in slices(events, s.max_batch_bytes):
+                    await runtime.handle(chunk)
             except TooManyRejects as exc:
                 runtime.fatal(EXIT_TOO_MANY_REJECTS, f"too many rejects: {exc}")
             except Exception as exc:

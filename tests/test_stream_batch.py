@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from stream.batch import (
     process_batch,
 )
 from stream.ocsf import to_ocsf
+from stream.worker_app import next_offsets, slices
 
 GOLDEN = Path(__file__).parent / "golden"
 TS = 1_790_000_000_123
@@ -349,3 +351,26 @@ def test_ocsf_classes(
     assert out["actor"]["user"]["uid"] == "u-priya"
     assert out["actor"]["user"]["name"] == "Priya Raman"
     assert out["unmapped"]["details"] == {"sequence": 0}
+
+
+# ---------------------------------------------------------------- slicing a faust batch
+
+
+def _faust_event(partition: int, offset: int, size: int) -> SimpleNamespace:
+    # The two attributes of a faust event the worker reads for slicing and offsets.
+    message = SimpleNamespace(value=b"x" * size, tp=("audit.raw", partition), offset=offset)
+    return SimpleNamespace(message=message)
+
+
+def test_slices_are_in_order_prefixes_bounded_by_bytes() -> None:
+    events = [_faust_event(i % 3, 10 + i // 3, 400) for i in range(30)]
+    parts = slices(events, 1000)
+    assert [len(p) for p in parts] == [2] * 15
+    assert [e for p in parts for e in p] == events
+    [alone] = slices([big := _faust_event(0, 0, 5000)], 1000)
+    assert list(alone) == [big]
+
+
+def test_offsets_to_commit_are_the_last_offset_plus_one_per_partition() -> None:
+    events = [_faust_event(p, o, 1) for p, o in [(0, 5), (1, 7), (0, 6), (2, 1), (1, 8)]]
+    assert next_offsets(events) == {("audit.raw", 0): 7, ("audit.raw", 1): 9, ("audit.raw", 2): 2}
