@@ -128,6 +128,9 @@ class WorkerSettings(BaseSettings):
     # `fault_insert_failures` with StoreError. 0 (the default) disables it.
     fault_insert_failures: int = Field(default=0, ge=0)
     fault_insert_after: int = Field(default=0, ge=0)
+    # Test-only: pause this long between a stored batch and its commit, to widen the
+    # window a kill -9 must hit for the redelivery-and-dedupe path to be exercised.
+    fault_commit_delay_s: float = Field(default=0.0, ge=0)
 
 
 # ---------------------------------------------------------------- accounting
@@ -532,6 +535,9 @@ class WorkerRuntime:
         result = await self._write(outcome)
         self.counters.add(outcome.messages, outcome.events, result)
         self.counters.last_batch_at = time.time()
+        self.write_stats()
+        if self.settings.fault_commit_delay_s:
+            await asyncio.sleep(self.settings.fault_commit_delay_s)
         await self._commit(offsets)
         c = self.counters
         log.info(
