@@ -11,6 +11,7 @@ import ipaddress
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -86,6 +87,12 @@ def _check_ip(value: Any) -> Any:
         return None
     if not isinstance(value, str):
         raise ValueError("must be an IPv4 or IPv6 address string")
+    return _canonical_ip(value)
+
+
+@lru_cache(maxsize=65536)
+def _canonical_ip(value: str) -> str:
+    # A fleet has far fewer client addresses than events: parse each one once.
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:

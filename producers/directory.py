@@ -9,6 +9,7 @@ The permission rules themselves live in `query_api.permissions`.
 from __future__ import annotations
 
 from enum import IntEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -198,10 +199,17 @@ class Directory(BaseModel):
 
     # -- lookups used by enrichment -------------------------------------------------
 
+    @cached_property
+    def _names(self) -> dict[tuple[str, str], str]:
+        # Enrichment asks for two or three names per event: one flat dict lookup each.
+        return {
+            (kind, ident): entity.name
+            for kind, plural in _PLURAL.items()
+            for ident, entity in getattr(self, plural).items()
+        }
+
     def display_name(self, kind: str, ident: str) -> str | None:
-        table: dict[str, Any] = getattr(self, _PLURAL.get(kind, ""), {}) or {}
-        entity = table.get(ident)
-        return getattr(entity, "name", None) if entity is not None else None
+        return self._names.get((kind, ident))
 
     def plan_applications(self, plan_id: str) -> list[str] | None:
         plan = self.deployment_plans.get(plan_id)

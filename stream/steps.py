@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -38,6 +39,7 @@ _SEPARATORS = re.compile(r"[\s\-]+")
 _UNDERSCORES = re.compile(r"_+")
 
 
+@lru_cache(maxsize=8192)
 def canonical_action(action: str) -> str:
     """`Application.Deploy`, `app.deploy`, `application.re-deploy ` -> `application.deploy`-style names."""
     kind, _, verb = action.strip().partition(".")
@@ -91,10 +93,16 @@ class Lineage:
 def format_ch_time(ts: datetime) -> str:
     """DateTime64(3) literal in UTC, the form ClickHouse parses fastest from JSONEachRow."""
     ts = ts.astimezone(UTC)
-    return f"{ts.year:04d}-" + ts.strftime("%m-%d %H:%M:%S.") + f"{ts.microsecond // 1000:03d}"
+    # An f-string is several times cheaper than strftime, and this runs twice per event.
+    return (
+        f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d} "
+        f"{ts.hour:02d}:{ts.minute:02d}:{ts.second:02d}.{ts.microsecond // 1000:03d}"
+    )
 
 
+@lru_cache(maxsize=4096)
 def ms_to_ch_time(ms: int) -> str:
+    # A batch shares one broker timestamp or receipt time: cached, formatted once.
     return format_ch_time(datetime.fromtimestamp(ms / 1000, tz=UTC))
 
 
