@@ -242,10 +242,10 @@ class RejectGuard:
 
     def __init__(
         self,
-        *,
         max_ratio: float = 0.5,
         max_consecutive: int = 1000,
         min_sample: int = 200,
+        *,
         window: int = 10_000,
     ) -> None:
         if not 0.0 <= max_ratio <= 1.0:

@@ -215,13 +215,17 @@ class Sink:
         self._ocsf = ocsf
         self._flush_timeout_s = flush_timeout_s
         self._deliveries: _Deliveries | None = None
+        # One batch at a time: a write abandoned by a cancelled caller may still be running
+        # in its thread when the batch is retried.
+        self._lock = threading.Lock()
 
     def write(self, outcome: BatchOutcome) -> SinkResult:
         """Store, produce and flush one batch. Raises `StoreError` or `SinkError`; then retry it."""
-        result = self._writer.write(outcome.rows)
-        produced = self._produce(outcome)
-        self._store.writer.write_dead_letters([r.dead_letter() for r in outcome.dead_letters])
-        self._deliveries = None
+        with self._lock:
+            result = self._writer.write(outcome.rows)
+            produced = self._produce(outcome)
+            self._store.writer.write_dead_letters([r.dead_letter() for r in outcome.dead_letters])
+            self._deliveries = None
         return SinkResult(
             inserted=result.inserted,
             duplicates=result.duplicates,
