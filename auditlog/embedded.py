@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from producers.directory import Directory
 from query_api.app import create_app
-from query_api.deps import DirectorySource, KeyCache, Services
+from query_api.deps import DirectorySource, Ingestor, KeyCache, Services
 from query_api.read_audit import ReadAuditor
 from query_api.settings import ApiSettings
 from storage.store import Store
@@ -24,8 +24,14 @@ class Embedded:
 
 
 def build_embedded(
-    store: Store, *, api_settings: ApiSettings | None = None, directory: Directory | None = None
+    store: Store,
+    *,
+    api_settings: ApiSettings | None = None,
+    directory: Directory | None = None,
+    ingestor: Ingestor | None = None,
 ) -> Embedded:
+    """The API over `store`. Ingest (and the audit of reads) goes to the store directly,
+    or through `ingestor` when given (Kafka mode: events then reach audit.raw like any other)."""
     settings = api_settings or ApiSettings()
     directories = DirectorySource(store)
     if directory is not None:
@@ -34,11 +40,12 @@ def build_embedded(
     if "infrastructure" not in settings.model_fields_set and len(known) == 1:
         # One installation: record reads of its log against it rather than a placeholder.
         settings = settings.model_copy(update={"infrastructure": next(iter(known))})
-    ingestor = BatchIngestor(store, directories.get, source="api")
+    if ingestor is None:
+        ingestor = BatchIngestor(store, directories.get, source="api")
     auditor = None
     if settings.audit_reads:
         auditor = ReadAuditor(
-            BatchIngestor(store, directories.get, source="read-audit"),
+            ingestor,
             infrastructure=settings.infrastructure,
             service_host=socket.gethostname(),
         )

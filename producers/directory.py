@@ -8,6 +8,8 @@ The permission rules themselves live in `query_api.permissions`.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from enum import IntEnum
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Annotated, Any, Literal
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+log = logging.getLogger("auditlog.directory")
 
 
 class Level(IntEnum):
@@ -255,6 +259,54 @@ class Directory(BaseModel):
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+
+
+def assemble_directory(snapshots: Iterable[DirectorySnapshot]) -> Directory:
+    """A Directory from the latest snapshot per key, tolerant of a stream's order.
+
+    On a compacted topic a user may arrive before the role it refers to, or keep
+    referring to a deleted role; `Directory` refuses both. A role that does not
+    exist grants nothing, so such references are dropped here (with a warning)
+    rather than the whole directory being refused. An entity that fails its own
+    model is skipped.
+    """
+    valid: list[DirectorySnapshot] = []
+    for snap in snapshots:
+        if snap.entity is None:
+            continue
+        try:
+            validate_snapshot(snap.kind, {**snap.entity, "id": snap.id})
+        except (ValidationError, DirectoryError) as exc:
+            log.warning("directory: skipping invalid %s: %s", snap.key, str(exc).splitlines()[0])
+            continue
+        valid.append(snap)
+    try:
+        return Directory.from_snapshots(valid)
+    except DirectoryError:
+        pass
+    roles = {s.id for s in valid if s.kind == "role"}
+    fixed: list[DirectorySnapshot] = []
+    for snap in valid:
+        if snap.kind == "user" and snap.entity is not None:
+            entity = dict(snap.entity)
+            dangling = []
+            if entity.get("default_role") is not None and entity["default_role"] not in roles:
+                dangling.append(entity["default_role"])
+                entity["default_role"] = None
+            for field in ("team_roles", "app_roles"):
+                mapping = dict(entity.get(field) or {})
+                for k, role in list(mapping.items()):
+                    if role not in roles:
+                        dangling.append(role)
+                        del mapping[k]
+                entity[field] = mapping
+            if dangling:
+                log.warning(
+                    "directory: user %s refers to unknown roles %s; ignored", snap.id, sorted(dangling)
+                )
+                snap = DirectorySnapshot(kind="user", id=snap.id, entity=entity)
+        fixed.append(snap)
+    return Directory.from_snapshots(fixed)
 
 
 def validate_snapshot(kind: str, entity: dict[str, Any]) -> BaseModel:

@@ -37,9 +37,14 @@ class EventPage(BaseModel):
 
 
 class IngestResult(BaseModel):
+    """Per-batch report. Embedded mode fills `stored`/`duplicates`; Kafka mode, `published`/`spooled`."""
+
     received: int
-    stored: int
-    duplicates: int
+    stored: int | None = None
+    duplicates: int | None = None
+    published: int | None = None
+    spooled: int | None = None
+    pending: int | None = None
     rejected: list[dict[str, Any]]
 
 

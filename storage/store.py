@@ -13,7 +13,7 @@ import orjson
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producers.directory import Directory, DirectorySnapshot
+from producers.directory import Directory, DirectorySnapshot, assemble_directory
 from storage.engine import ChdbEngine, Engine, ServerEngine
 from storage.migrations import check_identifier, migrate
 from storage.reader import EventReader
@@ -87,7 +87,8 @@ class DirectoryRepository:
             for r in rows
             if not int(r["deleted"])
         ]
-        return Directory.from_snapshots(snaps)
+        # Snapshots saved by a worker follow a topic's order: tolerate dangling references.
+        return assemble_directory(snaps)
 
 
 class KeyRepository:

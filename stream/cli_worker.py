@@ -102,7 +102,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
             api_settings = ApiSettings()
             updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
             api_settings = api_settings.model_copy(update=updates)
-            embedded = build_embedded(runtime.store, api_settings=api_settings)
             producer_settings = ProducerSettings().model_copy(
                 update={
                     "bootstrap_servers": settings.bootstrap_servers,
@@ -112,7 +111,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 }
             )
             ingestor = KafkaIngestor(producer_settings)
-            embedded.services.ingestor = ingestor
+            embedded = build_embedded(runtime.store, api_settings=api_settings, ingestor=ingestor)
             api = _ApiThread(embedded.app, api_settings.host, api_settings.port)
             api.start()
             log.warning("query API on http://%s:%d/docs", api_settings.host, api_settings.port)

@@ -47,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -59,7 +59,12 @@ from confluent_kafka.cimpl import NewTopic
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producers.directory import Directory, DirectoryError, DirectorySnapshot, validate_snapshot
+from producers.directory import (
+    Directory,
+    DirectoryError,
+    DirectorySnapshot,
+    assemble_directory,
+)
 from producers.topics import DIRECTORY_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from storage.engine import StoreError
 from storage.store import Store, StoreSettings
@@ -227,54 +232,6 @@ def ensure_topics(settings: WorkerSettings, *, timeout_s: float = 60.0) -> None:
 
 def _entity_map(directory: Directory) -> dict[str, DirectorySnapshot]:
     return {s.key: s for s in directory.snapshots()}
-
-
-def assemble_directory(snapshots: Iterable[DirectorySnapshot]) -> Directory:
-    """A Directory from the latest snapshot per key, tolerant of a stream's order.
-
-    On a compacted topic a user may arrive before the role it refers to, or keep
-    referring to a deleted role; `Directory` refuses both. A role that does not
-    exist grants nothing, so such references are dropped here (with a warning)
-    rather than the whole directory being refused. An entity that fails its own
-    model is skipped.
-    """
-    valid: list[DirectorySnapshot] = []
-    for snap in snapshots:
-        if snap.entity is None:
-            continue
-        try:
-            validate_snapshot(snap.kind, {**snap.entity, "id": snap.id})
-        except (ValidationError, DirectoryError) as exc:
-            log.warning("directory: skipping invalid %s: %s", snap.key, str(exc).splitlines()[0])
-            continue
-        valid.append(snap)
-    try:
-        return Directory.from_snapshots(valid)
-    except DirectoryError:
-        pass
-    roles = {s.id for s in valid if s.kind == "role"}
-    fixed: list[DirectorySnapshot] = []
-    for snap in valid:
-        if snap.kind == "user" and snap.entity is not None:
-            entity = dict(snap.entity)
-            dangling = []
-            if entity.get("default_role") is not None and entity["default_role"] not in roles:
-                dangling.append(entity["default_role"])
-                entity["default_role"] = None
-            for field in ("team_roles", "app_roles"):
-                mapping = dict(entity.get(field) or {})
-                for k, role in list(mapping.items()):
-                    if role not in roles:
-                        dangling.append(role)
-                        del mapping[k]
-                entity[field] = mapping
-            if dangling:
-                log.warning(
-                    "directory: user %s refers to unknown roles %s; ignored", snap.id, sorted(dangling)
-                )
-                snap = DirectorySnapshot(kind="user", id=snap.id, entity=entity)
-        fixed.append(snap)
-    return Directory.from_snapshots(fixed)
 
 
 def directory_changes(before: Directory, after: Directory) -> list[DirectorySnapshot]:
