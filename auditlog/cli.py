@@ -195,6 +195,13 @@ except ImportError:  # installed without the producer extra (confluent-kafka)
     pass
 
 
+try:
+    from auditlog.cli_schema import register as _register_schema
+    _EXTRA_COMMANDS.append(_register_schema)
+except ImportError:
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
