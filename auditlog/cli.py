@@ -47,6 +47,19 @@ def cmd_directory_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_directory_publish(args: argparse.Namespace) -> int:
+    from producers.directory_publisher import publish_directory
+    from producers.publisher import ProducerSettings
+
+    directory = load_directory(args.file)
+    settings = ProducerSettings()
+    if args.bootstrap:
+        settings = settings.model_copy(update={"bootstrap_servers": args.bootstrap})
+    sent = publish_directory(directory, settings, removed=tuple(args.remove), topic=args.topic)
+    print(f"published {sent} directory records to {args.topic} at {settings.bootstrap_servers}")
+    return 0
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     store = _open_store(args)
     directory = store.directory.load()
@@ -110,9 +123,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings.model_copy(update=updates)
     directory = load_directory(args.directory) if args.directory else None
     store = _open_store(args)
-    embedded = build_embedded(store, api_settings=settings, directory=directory)
-    print(f"serving on http://{settings.host}:{settings.port}/docs", file=sys.stderr)
-    uvicorn.run(embedded.app, host=settings.host, port=settings.port, log_level="warning")
+    ingestor = None
+    if settings.ingest == "kafka":
+        # Kafka mode: POST /v1/events (and the audit of reads) go to audit.raw, so that
+        # workers store them and SIEMs see them on audit.events.v1 like any other event.
+        from producers.publisher import ProducerSettings
+        from stream.kafka_ingestor import KafkaIngestor
+
+        ingestor = KafkaIngestor(ProducerSettings())
+    embedded = build_embedded(store, api_settings=settings, directory=directory, ingestor=ingestor)
+    print(
+        f"serving on http://{settings.host}:{settings.port}/docs (ingest: {settings.ingest})", file=sys.stderr
+    )
+    try:
+        uvicorn.run(embedded.app, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        if ingestor is not None:
+            ingestor.close()
     return 0
 
 
@@ -162,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(q)
     q.add_argument("file", type=Path)
     q.set_defaults(func=cmd_directory_load)
+    q = dsub.add_parser("publish", help="publish a directory file to the compacted topic audit.directory")
+    q.add_argument("file", type=Path)
+    q.add_argument("--bootstrap", help="Kafka bootstrap servers (env AUDITLOG_KAFKA_BOOTSTRAP_SERVERS)")
+    q.add_argument("--remove", action="append", default=[], metavar="KIND/ID", help="also send a tombstone")
+    q.add_argument("--topic", default="audit.directory")
+    q.set_defaults(func=cmd_directory_publish)
 
     p = sub.add_parser("keys", help="manage API keys")
     ksub = p.add_subparsers(dest="keys_command", required=True)
@@ -197,6 +230,7 @@ except ImportError:  # installed without the producer extra (confluent-kafka)
 
 try:
     from auditlog.cli_schema import register as _register_schema
+
     _EXTRA_COMMANDS.append(_register_schema)
 except ImportError:
     pass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,6 +17,10 @@ class ApiSettings(BaseSettings):
     max_batch_events: int = Field(default=50_000, ge=1)
     default_page_size: int = Field(default=50, ge=1, le=1000)
     key_cache_seconds: float = Field(default=10.0, ge=0, description="how long a key lookup is trusted")
+    ingest: Literal["store", "kafka"] = Field(
+        default="store",
+        description="where POST /v1/events goes: straight to the store, or to audit.raw (AUDITLOG_KAFKA_*)",
+    )
     infrastructure: str = Field(
         default="default", description="infrastructure id recorded on audit-log reads"
     )

@@ -1,0 +1,60 @@
+"""Publish the directory to the compacted topic `audit.directory`, one record per entity.
+
+Key `kind/id`, value the `DirectorySnapshot` JSON: compaction keeps the latest
+state of every entity, and every worker reads the topic in full at start.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaException, Producer
+
+from producers.directory import Directory, DirectorySnapshot
+from producers.publisher import ProducerSettings
+from producers.topics import DIRECTORY_TOPIC
+
+
+def publish_snapshots(
+    snapshots: list[DirectorySnapshot],
+    *,
+    bootstrap_servers: str,
+    topic: str = DIRECTORY_TOPIC,
+    timeout_s: float = 30,
+) -> int:
+    """Send snapshots (None entity = tombstone) and wait for every acknowledgement."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "client.id": "auditlog-directory",
+        }
+    )
+    errors: list[str] = []
+
+    def delivered(err: object, msg: object) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for snap in snapshots:
+        value = None if snap.entity is None else snap.model_dump_json().encode()
+        producer.produce(topic, key=snap.key.encode(), value=value, on_delivery=delivered)
+        producer.poll(0)
+    left = producer.flush(timeout_s)
+    if left or errors:
+        raise KafkaException(f"{left} directory records unacknowledged; errors: {errors[:3]}")
+    return len(snapshots)
+
+
+def publish_directory(
+    directory: Directory,
+    settings: ProducerSettings,
+    *,
+    removed: tuple[str, ...] = (),
+    topic: str = DIRECTORY_TOPIC,
+) -> int:
+    """Every entity of `directory`, plus tombstones for the `kind/id` keys in `removed`."""
+    snaps = directory.snapshots()
+    for key in removed:
+        kind, _, ident = key.partition("/")
+        snaps.append(DirectorySnapshot.model_validate({"kind": kind, "id": ident, "entity": None}))
+    return publish_snapshots(snaps, bootstrap_servers=settings.bootstrap_servers, topic=topic)
