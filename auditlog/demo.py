@@ -259,6 +259,7 @@ def _print_guide(
         )
     w("\nURLs\n")
     urls = [
+        ("audit log viewer (sign in with a key below)", "/ui/"),
         ("API docs (Authorize with a key below)", "/docs"),
         ("global audit log", "/v1/events?limit=20"),
         (f"Andrea Fleet's activity log ({andrea_activity:,} tasks)", f"/v1/users/{ANDREA}/activity"),
