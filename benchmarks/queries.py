@@ -1,0 +1,210 @@
+"""The questions, asked of both stores: specs, and their PostgreSQL SQL.
+
+A spec is plain data (it crosses into the chDB child as JSON). chDB answers it
+through the product's path (`storage.reader.EventReader` with a `ReadScope` from
+`query_api.permissions.scope_for`); PostgreSQL through the SQL below, with the
+same permission rule, filters, order and keyset condition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from storage.read_scope import APP_PREFIX, INFRA, TEAM_PREFIX, ReadScope, app_token, team_token
+from storage.record import PUBLIC_COLUMNS
+
+PAGE_SIZE = 50
+DEEP_PAGE = 20
+FACETS = ("action", "actor_id", "target_kind", "environment", "outcome")
+FACET_SIZE = 10
+
+# name, what it is, whether it is a first page (the <100 ms goal applies to those)
+QUERIES: tuple[tuple[str, str, bool], ...] = (
+    ("global_first", "global log, first page, no filter", True),
+    ("global_filtered", "global log, outcome + environment + a month's time range, first page", True),
+    ("activity_first", "user activity log of the busiest user, first page", True),
+    ("activity_deep", f"user activity log, page {DEEP_PAGE} (keyset cursor)", False),
+    ("entity_first", "entity change log of a busy application, first page", True),
+    ("entity_deep", f"entity change log, page {DEEP_PAGE} (keyset cursor)", False),
+    ("free_text", "global log, free-text search, first page", True),
+    ("facets", "facets (top 10 of 5 columns + total) over the whole log", False),
+)
+QUERY_NAMES = tuple(name for name, _, _ in QUERIES)
+FIRST_PAGE = frozenset(name for name, _, first in QUERIES if first)
+
+
+def spec(name: str, caller: str, targets: dict[str, Any]) -> dict[str, Any]:
+    """The concrete question `name` for `caller` ("admin" or "grants") on a data set's targets."""
+    s: dict[str, Any] = {"name": name, "caller": caller, "view": "global", "page": 1, "filters": {}}
+    if name.startswith("activity"):
+        s["view"] = "activity"
+        s["actor_id"] = targets["actor_id"]
+    if name.startswith("entity"):
+        s["view"] = "entity"
+        s["entity"] = targets["entity_admin" if caller == "admin" else "entity_grants"]
+    if name.endswith("_deep"):
+        s["page"] = DEEP_PAGE
+    if name == "global_filtered":
+        s["filters"] = {
+            "outcomes": [targets["outcome"]],
+            "environments": [targets["environment"]],
+            "since_ms": targets["since_ms"],
+            "until_ms": targets["until_ms"],
+        }
+    if name == "free_text":
+        s["text"] = targets["free_text"]
+    if name == "facets":
+        s["facets"] = True
+    return s
+
+
+# ------------------------------------------------------------------------------ PostgreSQL
+
+# The same columns the product's reader returns, times as epoch milliseconds.
+_PG_SELECT = ", ".join(
+    [f"e.{c}" for c in PUBLIC_COLUMNS if c not in ("occurred_at", "received_at")]
+    + [
+        "(extract(epoch FROM e.occurred_at) * 1000)::bigint AS occurred_at_ms",
+        "(extract(epoch FROM e.received_at) * 1000)::bigint AS received_at_ms",
+    ]
+)
+
+# Free text: the product's columns, lower-cased and joined, behind an IMMUTABLE function so
+# that a pg_trgm GIN index can be built on it (array_to_string alone is only STABLE).
+SEARCH_DOC = (
+    "bench_search_doc(e.actor_id, e.actor_name, e.target_id, e.target_name, e.related_names, "
+    "e.related_ids, e.reason, e.details, e.changes)"
+)
+
+
+def pg_scope(scope: ReadScope) -> tuple[str, dict[str, Any]]:
+    """`ReadScope.predicate`, in PostgreSQL: the same rule over scope_key / scope_multi."""
+    if scope.sees_nothing:
+        return "false", {}
+    if scope.sees_everything:
+        return "(e.scope_key <> '' OR cardinality(e.scope_multi) > 0)", {}
+    tokens = ([INFRA] if scope.infra else []) + sorted(
+        [app_token(a) for a in scope.apps] + [team_token(t) for t in scope.teams]
+    )
+
+    def allowed(x: str) -> str:
+        terms = [f"{x} = ANY(%(s_tokens)s::text[])"]
+        if scope.all_apps:
+            terms.append(f"{x} LIKE '{APP_PREFIX}%%'")
+        if scope.all_teams:
+            terms.append(f"{x} LIKE '{TEAM_PREFIX}%%'")
+        return " OR ".join(terms)
+
+    if scope.all_apps or scope.all_teams:
+        multi = f"NOT EXISTS (SELECT 1 FROM unnest(e.scope_multi) AS t(x) WHERE NOT ({allowed('t.x')}))"
+    else:
+        multi = "e.scope_multi <@ %(s_tokens)s::text[]"
+    sql = f"(({allowed('e.scope_key')}) OR (e.scope_key = '' AND cardinality(e.scope_multi) > 0 AND {multi}))"
+    return sql, {"s_tokens": tokens}
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def pg_where(s: dict[str, Any], scope: ReadScope) -> tuple[str, list[str], dict[str, Any]]:
+    """FROM clause, WHERE clauses and parameters of a spec."""
+    scope_sql, params = pg_scope(scope)
+    clauses = [scope_sql]
+    if s["view"] == "entity":
+        source = "audit_entity_log l JOIN audit_events e ON e.event_id = l.event_id"
+        clauses.append("l.entity_key = %(v_entity)s")
+        params["v_entity"] = s["entity"]
+    else:
+        source = "audit_events e"
+    if s["view"] == "activity":
+        clauses.append("e.actor_id = %(v_actor)s")
+        params["v_actor"] = s["actor_id"]
+    f = s.get("filters", {})
+    t = "l" if s["view"] == "entity" else "e"
+    if f.get("since_ms") is not None:
+        clauses.append(f"{t}.occurred_at >= to_timestamp(%(f_since)s / 1000.0)")
+        params["f_since"] = f["since_ms"]
+    if f.get("until_ms") is not None:
+        clauses.append(f"{t}.occurred_at < to_timestamp(%(f_until)s / 1000.0)")
+        params["f_until"] = f["until_ms"]
+    if f.get("environments"):
+        clauses.append("e.environment = ANY(%(f_envs)s::text[])")
+        params["f_envs"] = f["environments"]
+    if f.get("outcomes"):
+        clauses.append("e.outcome = ANY(%(f_outcomes)s::text[])")
+        params["f_outcomes"] = f["outcomes"]
+    if s.get("text"):
+        clauses.append(f"{SEARCH_DOC} LIKE %(q_text)s")
+        params["q_text"] = "%" + _like_escape(str(s["text"]).lower()) + "%"
+    return source, clauses, params
+
+
+def pg_page(s: dict[str, Any], scope: ReadScope, after: tuple[Any, str] | None) -> tuple[str, dict[str, Any]]:
+    """One page, newest first, after the keyset (occurred_at, event_id) of the previous page's last row."""
+    source, clauses, params = pg_where(s, scope)
+    t = "l" if s["view"] == "entity" else "e"
+    if after is not None:
+        clauses.append(f"({t}.occurred_at, {t}.event_id) < (%(c_ts)s, %(c_id)s::uuid)")
+        params["c_ts"], params["c_id"] = after
+    params["limit"] = PAGE_SIZE + 1
+    sql = (
+        f"SELECT {_PG_SELECT} FROM {source} WHERE {' AND '.join(clauses)} "
+        f"ORDER BY {t}.occurred_at DESC, {t}.event_id DESC LIMIT %(limit)s"
+    )
+    return sql, params
+
+
+def pg_keyset_at(s: dict[str, Any], scope: ReadScope, offset: int) -> tuple[str, dict[str, Any]]:
+    """The keyset of the row at `offset` (setup only: where page N's cursor points)."""
+    source, clauses, params = pg_where(s, scope)
+    t = "l" if s["view"] == "entity" else "e"
+    params["offset"] = offset
+    sql = (
+        f"SELECT {t}.occurred_at, {t}.event_id::text FROM {source} WHERE {' AND '.join(clauses)} "
+        f"ORDER BY {t}.occurred_at DESC, {t}.event_id DESC OFFSET %(offset)s LIMIT 1"
+    )
+    return sql, params
+
+
+def pg_facets(s: dict[str, Any], scope: ReadScope) -> tuple[str, dict[str, Any]]:
+    """Top values of each facet column and the total in one GROUPING SETS scan, like the product."""
+    source, clauses, params = pg_where(s, scope)
+    cols = ", ".join(f"e.{c}" for c in FACETS)
+    flags = ", ".join(f"grouping(e.{c}) AS g_{c}" for c in FACETS)
+    sets = ", ".join(f"(e.{c})" for c in FACETS)
+    params["f_size"] = FACET_SIZE
+    sql = (
+        f"SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {', '.join(f'g_{c}' for c in FACETS)} "
+        f"ORDER BY count DESC, {', '.join(FACETS)}) AS rn FROM ("
+        f"SELECT {flags}, {cols}, count(*) AS count, min(e.actor_name) AS label "
+        f"FROM {source} WHERE {' AND '.join(clauses)} GROUP BY GROUPING SETS ({sets}, ())) g) r "
+        "WHERE rn <= %(f_size)s"
+    )
+    return sql, params
+
+
+def facets_out(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """PostgreSQL facet rows in the reader's shape: {total, facets: {column: [{value, count}]}}."""
+    out: dict[str, Any] = {"total": 0, "facets": {c: [] for c in FACETS}}
+    for r in sorted(rows, key=lambda r: -int(r["count"])):
+        grouped = [c for c in FACETS if int(r[f"g_{c}"]) == 0]
+        if not grouped:
+            out["total"] = int(r["count"])
+            continue
+        out["facets"][grouped[0]].append({"value": r[grouped[0]], "count": int(r["count"])})
+    return out
+
+
+def same_facets(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same total and the same counts for every value both top lists hold (ties may order apart)."""
+    if int(a["total"]) != int(b["total"]):
+        return False
+    for column in FACETS:
+        left = {i["value"]: i["count"] for i in a["facets"].get(column, [])}
+        right = {i["value"]: i["count"] for i in b["facets"].get(column, [])}
+        if any(left[v] != right[v] for v in left.keys() & right.keys()):
+            return False
+        if len(left.keys() & right.keys()) < min(len(left), len(right)) - 2:
+            return False
+    return True
