@@ -302,15 +302,6 @@ class EventReader:
             out["facets"][column].append(item)
         return out
 
-    def stream(self, *, scope: ReadScope, view: View, filters: EventFilter) -> Iterator[bytes]:
-        """Every matching row, newest first, as JSONEachRow chunks (for exports)."""
-        clauses, params = _where(view, filters, scope)
-        sql = (
-            f"SELECT {_SELECT} FROM {self._db}.{view.table} WHERE {' AND '.join(clauses)} "
-            "ORDER BY occurred_at DESC, event_id DESC"
-        )
-        return self._engine.stream(sql, params=params)
-
     def count(self, *, scope: ReadScope, view: View, filters: EventFilter) -> int:
         clauses, params = _where(view, filters, scope)
         rows = self._engine.query(
