@@ -73,12 +73,15 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest an NDJSON file into the embedded store through the pipeline steps."""
+    from storage.writer import DeadLetter
     from stream.batch_ingest import BatchIngestor
+    from stream.steps import ms_to_ch_time
 
     store = _open_store(args)
     directory = store.directory.load()
     ingestor = BatchIngestor(store, lambda: directory, source="file")
     batch: list[object] = []
+    lines: list[int] = []
     totals = {"received": 0, "stored": 0, "duplicates": 0, "rejected": 0}
 
     def flush() -> None:
@@ -88,11 +91,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         totals["duplicates"] += report.duplicates
         totals["rejected"] += len(report.rejected)
         for r in report.rejected[:5]:
-            print(
-                f"  rejected line {totals['received'] - report.received + r.index + 1}: {r.reason}",
-                file=sys.stderr,
-            )
+            print(f"  rejected line {lines[r.index]}: {r.reason}", file=sys.stderr)
         batch.clear()
+        lines.clear()
         print(f"\r{totals['received']:,} read, {totals['stored']:,} stored", end="", file=sys.stderr)
 
     with open(args.file, "rb") as fh:
@@ -101,8 +102,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 continue
             try:
                 batch.append(orjson.loads(line))
+                lines.append(number)
             except orjson.JSONDecodeError as exc:
-                batch.append({"__unparseable_line__": number, "error": str(exc)})
+                # Not an event at all: kept as a dead letter with its bytes, never dropped.
+                reason = f"line {number} is not valid JSON: {exc}"
+                store.writer.write_dead_letters(
+                    [DeadLetter(received_at=ms_to_ch_time(int(time.time() * 1000)), source="file",
+                                reason=reason, payload=line.rstrip(b"\n"))]
+                )  # fmt: skip
+                totals["received"] += 1
+                totals["rejected"] += 1
+                print(f"  rejected {reason}", file=sys.stderr)
             if len(batch) >= args.batch:
                 flush()
     if batch:

@@ -15,6 +15,7 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from producers.contract import ENTITY_KINDS, KindName
 from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
@@ -467,8 +468,6 @@ async def ingest(request: Request, caller: CurrentCaller, services: ServicesDep)
             detail=f"{len(items)} events in one batch; the limit is {services.settings.max_batch_events}",
         )
     received_at_ms = int(time.time() * 1000)
-    from starlette.concurrency import run_in_threadpool
-
     report = await run_in_threadpool(services.ingestor.ingest, items, received_at_ms=received_at_ms)
     body_out = report.to_dict()
     return _json(body_out, status_code=200 if not body_out["rejected"] else 207)
