@@ -27,7 +27,10 @@ class StoreSettings(BaseSettings):
 
     engine: Literal["chdb", "clickhouse"] = "chdb"
     path: Path = Field(default=Path("auditlog-data"), description="chDB data folder")
-    url: str = Field(default="", description="clickhouse://user:password@host:8123/ for engine=clickhouse")
+    # repr=False: the URL carries the password, and settings objects end up in logs.
+    url: str = Field(
+        default="", repr=False, description="clickhouse://user:password@host:8123/ for engine=clickhouse"
+    )
     database: str = "auditlog"
     insert_chunk_rows: int = Field(default=50_000, ge=1)
 
