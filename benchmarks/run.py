@@ -178,10 +178,10 @@ def run_queries(
             ex = ch.call({"op": "explain", "spec": row["spec"]})
             row["chdb"]["storage_rows_read"] = ex["storage_rows_read"]
             row["chdb"]["storage_bytes_read"] = ex["storage_bytes_read"]
-            row["chdb"]["plan"] = ex["plan"]
+            row["chdb"]["plan"] = clip_plan(ex["plan"])
             row["chdb"]["sql"] = ex["sql"]
             if pgq is not None:
-                row["postgres"]["plan"] = pgq.explain(row["spec"])
+                row["postgres"]["plan"] = clip_plan(pgq.explain(row["spec"]))
         profiles = {}
         if profile:
             slowest = sorted(results, key=lambda r: -r["chdb"]["p50"])[:4]
@@ -193,6 +193,11 @@ def run_queries(
     finally:
         ch.close()
     return {"runs_per_query": runs, "results": results, "profiles": profiles, "chdb_sizes": sizes}
+
+
+def clip_plan(plan: str, width: int = 300) -> str:
+    """Plans print the 1,000 bound tokens in full; keep each line readable (and the JSON small)."""
+    return "\n".join(line if len(line) <= width else line[:width] + " …" for line in plan.splitlines())
 
 
 def run_embedded_ingest(scale: Scale, work: Path, runs: int, profile: bool) -> dict[str, Any]:
@@ -319,7 +324,12 @@ def render(report: dict[str, Any]) -> str:
     )
     lines.append(f"         {pgv.split(' on ')[0]}; commit {m['git_commit']}")
     la0, la1 = m["load_average_start"], m.get("load_average_end", [math.nan])
-    lines.append(f"Load average (1 min): {la0[0]:.2f} at start, {la1[0]:.2f} at end")
+    by_section = m.get("load_average_by_section") or {}
+    if by_section:
+        steps = ", ".join(f"{k} {v[0]:.2f}" for k, v in by_section.items())
+        lines.append(f"Load average (1 min) when each section started: {steps}")
+    else:
+        lines.append(f"Load average (1 min): {la0[0]:.2f} at start, {la1[0]:.2f} at end")
     d = report.get("dataset")
     if d:
         c, sc, t = d["counts"], d["scale"], d["targets"]
@@ -466,12 +476,19 @@ def main(argv: list[str] | None = None) -> int:
         f"load {os.getloadavg()[0]:.2f}"
     )
 
+    loads: dict[str, list[float]] = {}
+    report["machine"]["load_average_by_section"] = loads
+
+    def mark(section: str) -> None:
+        loads[section] = [round(x, 2) for x in os.getloadavg()]
+
     def save() -> None:
         report["errors"] = errors
         report["duration_s"] = round(time.time() - started, 1)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
 
+    mark("dataset")
     store, meta = build_dataset(scale, args.data_dir, args.rebuild)
     report["dataset"] = meta
     cluster = None
@@ -491,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:
                 errors["postgres"] = traceback.format_exc()
                 log(f"postgres failed: {errors['postgres'].strip().splitlines()[-1]}")
+        mark("queries")
         if not args.skip_queries:
             try:
                 report["queries"] = run_queries(scale, store, meta, conn, runs, work, profile)
@@ -517,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     save()
 
     if not args.skip_ingest:
+        mark("ingest")
         ingest: dict[str, Any] = {}
         report["ingest"] = ingest
         ingest_runs = 3 if scale.name != "smoke" else 1
@@ -538,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:
                 errors["ingest_http"] = traceback.format_exc()
             save()
+        mark("streaming")
         if not args.skip_kafka:
             try:
                 from benchmarks.streaming import run_streaming
@@ -553,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:
                 errors["streaming"] = traceback.format_exc()
                 log(f"streaming failed: {errors['streaming'].strip().splitlines()[-1]}")
+    mark("end")
     report["machine"]["load_average_end"] = list(os.getloadavg())
     report["goals"] = goals(report)
     save()
