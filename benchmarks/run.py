@@ -12,6 +12,8 @@ is described in the output. See benchmarks/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import math
 import os
 import shutil
@@ -46,19 +48,40 @@ RATIO_QUERIES = ("global_first", "global_filtered", "facets")
 # ------------------------------------------------------------------------------ sections
 
 
+# What the stored rows depend on: a change to any of these rebuilds a cached data set.
+_ROW_SOURCES = (
+    "storage/migrations.py",
+    "storage/record.py",
+    "storage/read_scope.py",
+    "storage/writer.py",
+    "stream/steps.py",
+    "producers/contract.py",
+    "producers/directory.py",
+    "auditlog/demo_data.py",
+    "benchmarks/dataset.py",
+)
+
+
+def source_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for rel in _ROW_SOURCES:
+        path = BENCH_DIR.parent / rel
+        digest.update(rel.encode() + b"\0" + (path.read_bytes() if path.exists() else b"") + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def build_dataset(scale: Scale, data_dir: Path, rebuild: bool) -> tuple[Path, dict[str, Any]]:
     root = data_dir / scale.name
     store, meta_path = root / "store", root / "meta.json"
+    fingerprint = source_fingerprint()
     if not rebuild and meta_path.exists():
         meta: dict[str, Any] = orjson.loads(meta_path.read_bytes())
-        if (
-            meta.get("scale", {}).get("base_events") == scale.base_events
-            and meta.get("scale", {}).get("copies") == scale.copies
-        ):
+        if meta.get("source_fingerprint") == fingerprint and meta.get("scale") == dataclasses.asdict(scale):
             log(
                 f"dataset: reusing {root} ({meta['counts']['events']:,} events, built {meta.get('built_at')})"
             )
             return store, meta
+        log("dataset: the schema, the pipeline or the scale changed since the last build: rebuilding")
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -72,6 +95,7 @@ def build_dataset(scale: Scale, data_dir: Path, rebuild: bool) -> tuple[Path, di
     subprocess.run(argv, check=True, cwd=BENCH_DIR.parent)  # noqa: S603
     meta = orjson.loads(meta_path.read_bytes())
     meta["timings"]["total_s"] = round(time.perf_counter() - started, 1)
+    meta["source_fingerprint"] = fingerprint
     meta_path.write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
     log(f"dataset: {meta['counts']['events']:,} events in {meta['timings']['total_s']:.0f}s")
     return store, meta

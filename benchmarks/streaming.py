@@ -60,6 +60,15 @@ PARTITIONS = 6
 _BATCH_LINE = re.compile(r"batch: (\d+) messages, (\d+) events -> .*? in ([0-9.]+)s")
 
 
+def py_spy() -> Path | None:
+    """The py-spy sampling profiler next to this Python, or on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    if beside.exists():
+        return beside
+    found = shutil.which("py-spy")
+    return Path(found) if found else None
+
+
 class Broker:
     def __init__(self, home: Path = KAFKA_HOME) -> None:
         self.home = home
@@ -294,7 +303,7 @@ def end_to_end(
     spy_out = workdir / "worker.pyspy.txt"
     if profile:
         spy = subprocess.Popen(  # noqa: S603
-            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.proc.pid),
+            [str(py_spy()), "record", "--pid", str(worker.proc.pid),
              "--threads", "--gil", "--rate", "200", "--format", "raw", "--output", str(spy_out),
              "--nonblocking"],
             stdout=subprocess.DEVNULL,
@@ -562,7 +571,10 @@ def run_streaming(
             "runs": drains,
         }
         out["latency"] = lat
-        if profile:
+        if profile and py_spy() is None:
+            log("streaming: py-spy not found (pip install py-spy): no worker profile")
+            out["profiled_run"] = {"skipped": "py-spy not installed"}
+        elif profile:
             result, worker = end_to_end(target, events, workdir / "profiled", profile=True)
             worker.stop()
             out["profiled_run"] = result
