@@ -32,7 +32,7 @@ def _mem_total_bytes() -> int:
     return 0
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607
@@ -99,6 +99,6 @@ def describe() -> dict[str, Any]:
             )
         },
         **chdb_versions(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "load_average_start": list(os.getloadavg()),
     }

@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render(saved))
         return 0
 
-    from benchmarks.machine import describe
+    from benchmarks.machine import describe, git_commit
 
     scale = SCALES[args.scale]
     runs = args.runs or scale.runs
@@ -599,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"streaming failed: {errors['streaming'].strip().splitlines()[-1]}")
     mark("end")
     report["machine"]["load_average_end"] = list(os.getloadavg())
+    # Children import the product afresh: a change made while the run went on shows here.
+    report["machine"]["git_commit_end"] = git_commit()
     report["goals"] = goals(report)
     save()
     shutil.rmtree(work, ignore_errors=True)
