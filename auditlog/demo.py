@@ -39,6 +39,7 @@ from auditlog.demo_data import (
     generate_events,
 )
 from producers.directory import Directory
+from producers.ids import uuid7
 from query_api.permissions import Caller, scope_for
 from query_api.settings import ApiSettings
 from storage.reader import EventFilter, View
@@ -202,11 +203,9 @@ def _curl(base: str, key: str, path: str) -> str:
 
 def _ingest_example(base: str, key: str, now_ms: int) -> str:
     # A UUIDv7 of now, so that pasting the command twice shows the dedupe (duplicates: 1).
-    value = (now_ms << 80) | (0x7 << 76) | (0b10 << 62) | (now_ms & 0xFFFFFFFF)
-    h = f"{value:032x}"
     event = {
         "schema_version": 1,
-        "event_id": f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}",
+        "event_id": str(uuid7(now_ms, now_ms & 0xFFFFFFFF)),
         "occurred_at": datetime.fromtimestamp(now_ms / 1000, tz=UTC)
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),

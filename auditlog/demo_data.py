@@ -36,6 +36,7 @@ from producers.directory import (
     Team,
     User,
 )
+from producers.ids import uuid7
 
 INFRASTRUCTURE_ID = "acme-prod-infra"
 EMAIL_DOMAIN = "acme.example"
@@ -817,9 +818,7 @@ class _Generator:
         # UUIDv7: 48-bit ms time, version, 12 + 62 random bits from the seeded generator.
         rand_a = self.rng.getrandbits(12)
         rand_b = self.rng.getrandbits(62)
-        value = (at << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-        h = f"{value:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return str(uuid7(at, rand_a << 62 | rand_b))
 
     def user_actor(self, uid: str, at: int) -> dict[str, Any]:
         day = (at - self.start_ms) // _DAY_MS

@@ -19,6 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from producers.ids import uuid7
 from query_api.permissions import Caller
 
 log = logging.getLogger("auditlog.read_audit")
@@ -34,15 +35,6 @@ def _is_ip(value: str) -> bool:
 
 class _Ingestor(Protocol):
     def ingest(self, items: list[Any], *, received_at_ms: int) -> Any: ...
-
-
-def _uuid7(ms: int) -> uuid.UUID:
-    # Time-ordered ids keep the store's dedupe lookups on a narrow range.
-    rand = uuid.uuid4().int & ((1 << 74) - 1)
-    value = (
-        (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
-    )
-    return uuid.UUID(int=value)
 
 
 class ReadAuditor:
@@ -80,7 +72,7 @@ class ReadAuditor:
         ms = int(now.timestamp() * 1000)
         event: dict[str, Any] = {
             "schema_version": 1,
-            "event_id": str(_uuid7(ms)),
+            "event_id": str(uuid7(ms, uuid.uuid4().int)),
             "occurred_at": now.isoformat(timespec="milliseconds"),
             "infrastructure": self._infrastructure,
             "actor": {"id": caller.user_id, "type": "user"},
