@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--shard-key",
         default=DEFAULT_SHARD_KEY,
-        help=f"sharding expression of audit_events and audit_entity_log (default {DEFAULT_SHARD_KEY}); "
+        help=f"sharding expression of audit_events and audit_entity_index (default {DEFAULT_SHARD_KEY}); "
         "it must be a function of the event, so that a redelivered event lands on the shard of its "
         "first copy",
     )

@@ -7,7 +7,7 @@ product's `EventWriter`), then replicated inside ClickHouse: copy k is the base
 set shifted k periods back in time (whole weeks, so weekday rhythms line up)
 with fresh event ids. Everything else (actors, targets, read_scope, scope_key,
 scope_multi, entity_keys, details) is the base row's, so distributions stay
-those of the generator. The materialized view fills `audit_entity_log` for
+those of the generator. The materialized view fills `audit_entity_index` for
 every copy as it would on ingest.
 
 The directory is the demo's, extended with synthetic teams and applications
@@ -205,7 +205,7 @@ def build(scale: Scale, store_path: Path, meta_path: Path) -> dict[str, Any]:
     timings["replicate_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     # Merged as background merges would leave them, before sizes and timings are taken.
-    for table in ("audit_events", "audit_entity_log"):
+    for table in ("audit_events", "audit_entity_index"):
         store.engine.command(f"OPTIMIZE TABLE {DATABASE}.{table} FINAL")
     timings["optimize_s"] = time.perf_counter() - t2
 
@@ -233,7 +233,7 @@ def counts(engine: Any) -> dict[str, Any]:
     ev = engine.query(
         f"SELECT count() AS n, min(occurred_at) AS lo, max(occurred_at) AS hi FROM {DATABASE}.audit_events"
     )[0]
-    ent = engine.query(f"SELECT count() AS n FROM {DATABASE}.audit_entity_log")[0]
+    ent = engine.query(f"SELECT count() AS n FROM {DATABASE}.audit_entity_index")[0]
     kinds = engine.query(
         f"SELECT target_kind AS k, count() AS n FROM {DATABASE}.audit_events GROUP BY k ORDER BY n DESC"
     )
@@ -255,12 +255,12 @@ def targets(engine: Any, scale: Scale, directory: Directory) -> dict[str, Any]:
         "GROUP BY actor_id ORDER BY n DESC, actor_id LIMIT 1"
     )[0]
     busiest = engine.query(
-        f"SELECT entity_key, count() AS n FROM {DATABASE}.audit_entity_log "
+        f"SELECT entity_key, count() AS n FROM {DATABASE}.audit_entity_index "
         "WHERE startsWith(entity_key, 'application/') GROUP BY entity_key ORDER BY n DESC, entity_key LIMIT 1"
     )[0]
     granted = sorted(directory.users[GRANTS_USER].app_roles)
     busiest_granted = engine.query(
-        f"SELECT entity_key, count() AS n FROM {DATABASE}.audit_entity_log "
+        f"SELECT entity_key, count() AS n FROM {DATABASE}.audit_entity_index "
         "WHERE entity_key IN {keys:Array(String)} GROUP BY entity_key ORDER BY n DESC, entity_key LIMIT 1",
         params={"keys": [f"application/{a}" for a in granted]},
     )[0]
@@ -299,7 +299,7 @@ def chdb_sizes(engine: Any) -> dict[str, Any]:
         "SELECT table, sum(rows) AS rows, sum(bytes_on_disk) AS bytes, "
         "sum(data_compressed_bytes) AS compressed, sum(data_uncompressed_bytes) AS uncompressed, "
         "count() AS parts FROM system.parts WHERE database = {db:String} AND active "
-        "AND table IN ('audit_events', 'audit_entity_log') GROUP BY table ORDER BY table",
+        "AND table IN ('audit_events', 'audit_entity_index') GROUP BY table ORDER BY table",
         params={"db": DATABASE},
     )
     projections = engine.query(

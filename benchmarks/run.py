@@ -421,10 +421,12 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
         ch = sz["chdb"]
         tables = ch["tables"]
+        # Runs before migration 4 stored full-row copies (audit_entity_log, by_actor).
+        entity = "audit_entity_index" if "audit_entity_index" in tables else "audit_entity_log"
         lines.append(
             f"Bytes on disk per event: chDB {_n(ch['bytes_per_event'])} "
-            f"(audit_events {_n(tables['audit_events']['bytes'] / 2**20, 1)} MiB incl. by_actor, "
-            f"audit_entity_log {_n(tables['audit_entity_log']['bytes'] / 2**20, 1)} MiB)"
+            f"(audit_events {_n(tables['audit_events']['bytes'] / 2**20, 1)} MiB incl. its projection, "
+            f"{entity} {_n(tables[entity]['bytes'] / 2**20, 1)} MiB)"
         )
         if "postgres" in sz:
             pg = sz["postgres"]

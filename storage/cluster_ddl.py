@@ -7,12 +7,12 @@ Single node: exactly what `migrate()` runs, as one script.
 
 Cluster (`cluster=NAME`), every statement `ON CLUSTER NAME`:
 
-* The big tables (`audit_events`, `audit_entity_log`, `dead_letters`) become a
+* The big tables (`audit_events`, `audit_entity_index`, `dead_letters`) become a
   `<table>_local` on every node, `ReplicatedMergeTree('/clickhouse/tables/{shard}/
   {database}/{table}', '{replica}')`, and a `Distributed` table under the
   original name over them, so the writer and the reader run unchanged.
-* The materialized view that fills the entity log reads each shard's
-  `audit_events_local` and writes that shard's `audit_entity_log_local`: an
+* The materialized view that fills the entity index reads each shard's
+  `audit_events_local` and writes that shard's `audit_entity_index_local`: an
   event's entity rows live on the event's shard, written in the same insert.
 * The small tables the API reads on every request (`directory_snapshots`,
   `api_keys`, `schema_migrations`) are replicated to *every* node (one
@@ -28,10 +28,10 @@ the event alone, so:
 * a redelivered event goes to the same shard as its first copy, and a retried
   insert of the same batch splits into the same per-shard blocks, which the
   Replicated engine's insert deduplication (identical block hash) drops;
-* the entity log, filled on the event's shard, declares the same key, so
+* the entity index, filled on the event's shard, declares the same key, so
   `optimize_skip_unused_shards` stays correct. Declaring `cityHash64(entity_key)`
   there while rows are placed by event_id would make ClickHouse skip shards that
-  hold the rows. (Sharding the entity log by entity would need the view to write
+  hold the rows. (Sharding the entity index by entity would need the view to write
   through a Distributed table: a second, asynchronous hop per event.)
 
 `rand()` or anything time-based would scatter a redelivered event to another
@@ -64,7 +64,7 @@ DEFAULT_SHARD_KEY: Final = "cityHash64(event_id)"
 _EVENT_KEY: Final = "<event key>"
 PLACEMENT: Final[dict[str, str | None]] = {
     "audit_events": _EVENT_KEY,
-    "audit_entity_log": _EVENT_KEY,  # filled on the event's shard by the view
+    "audit_entity_index": _EVENT_KEY,  # filled on the event's shard by the view
     "dead_letters": "rand()",
     "directory_snapshots": None,
     "api_keys": None,
@@ -74,7 +74,7 @@ PLACEMENT: Final[dict[str, str | None]] = {
 # Retention: the time column each expiring table is dropped by.
 TTL_COLUMNS: Final[dict[str, str]] = {
     "audit_events": "occurred_at",
-    "audit_entity_log": "occurred_at",
+    "audit_entity_index": "occurred_at",
     "dead_letters": "received_at",
 }
 
@@ -282,12 +282,14 @@ def statements(
         out.append(Statement("database", db, f"CREATE DATABASE IF NOT EXISTS {db}"))
         out.append(_single(SCHEMA_MIGRATIONS_DDL, db))
         for migration in migrations:
-            out.extend(_single(s, db) for s in migration.statements)
+            if not migration.upgrade_only:
+                out.extend(_single(s, db) for s in migration.statements)
     else:
         cluster = check_identifier(cluster)
         shard_key = check_shard_key(shard_key)
         out.append(Statement("database", db, f"CREATE DATABASE IF NOT EXISTS {db} ON CLUSTER {cluster}"))
-        for stmt in (SCHEMA_MIGRATIONS_DDL, *(s for m in migrations for s in m.statements)):
+        fresh = (s for m in migrations if not m.upgrade_only for s in m.statements)
+        for stmt in (SCHEMA_MIGRATIONS_DDL, *fresh):
             if m := _CREATE_TABLE.match(stmt):
                 out.extend(_cluster_table(stmt, m, db=db, cluster=cluster, shard_key=shard_key))
             elif m := _CREATE_VIEW.match(stmt):

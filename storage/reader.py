@@ -84,11 +84,6 @@ class View:
         # projection serve the query (10M rows: 160 ms -> 40 ms).
         return " SETTINGS optimize_read_in_order = 0" if self.kind == "activity" else ""
 
-    @property
-    def table(self) -> str:
-        """The table that serves this view: change logs have their own, ordered by entity."""
-        return "audit_entity_log" if self.kind == "entity" else "audit_events"
-
     def fingerprint(self) -> str:
         return f"{self.kind}:{self.actor_id}:{self.entity_kind}:{self.entity_id}"
 
@@ -132,26 +127,38 @@ class Page:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _where(view: View, flt: EventFilter, scope: ReadScope) -> tuple[list[str], dict[str, Any]]:
+@dataclass
+class _Where:
+    """A view's predicate in three parts: the caller's scope, the clauses the entity index
+    can answer (`keys`: the view's own key and filters on `KEY_COLUMNS`), and those that
+    need the full row (`rows`: entities touched, search)."""
+
+    scope: str
+    keys: list[str]
+    rows: list[str]
+    params: dict[str, Any]
+
+
+def _where(view: View, flt: EventFilter, scope: ReadScope) -> _Where:
     if not isinstance(scope, ReadScope):
         raise TypeError("every read needs a ReadScope from query_api.permissions.scope_for")
     scope_sql, params = scope.predicate()
-    clauses = [f"({scope_sql})"]
+    keys: list[str] = []
+    rows: list[str] = []
     if view.kind == "activity":
-        clauses.append("actor_id = {v_actor:String}")
+        keys.append("actor_id = {v_actor:String}")
         params["v_actor"] = view.actor_id
     elif view.kind == "entity":
-        # Reads audit_entity_log (see View.table), ordered by entity_key first.
-        clauses.append("entity_key = {v_entity:String}")
+        keys.append("entity_key = {v_entity:String}")  # a column of audit_entity_index only
         params["v_entity"] = entity_key(view.entity_kind, view.entity_id)
     if flt.since_ms is not None:
-        clauses.append("occurred_at >= fromUnixTimestamp64Milli({f_since:Int64}, 'UTC')")
+        keys.append("occurred_at >= fromUnixTimestamp64Milli({f_since:Int64}, 'UTC')")
         params["f_since"] = flt.since_ms
     if flt.until_ms is not None:
-        clauses.append("occurred_at < fromUnixTimestamp64Milli({f_until:Int64}, 'UTC')")
+        keys.append("occurred_at < fromUnixTimestamp64Milli({f_until:Int64}, 'UTC')")
         params["f_until"] = flt.until_ms
     if flt.actor_ids:
-        clauses.append("actor_id IN {f_actors:Array(String)}")
+        keys.append("actor_id IN {f_actors:Array(String)}")
         params["f_actors"] = list(flt.actor_ids)
     action_terms = []
     if flt.actions:
@@ -161,32 +168,57 @@ def _where(view: View, flt: EventFilter, scope: ReadScope) -> tuple[list[str], d
         action_terms.append(f"startsWith(action, {{f_action_prefix_{i}:String}})")
         params[f"f_action_prefix_{i}"] = prefix
     if action_terms:
-        clauses.append("(" + " OR ".join(action_terms) + ")")
+        keys.append("(" + " OR ".join(action_terms) + ")")
     if flt.kinds:
-        clauses.append("target_kind IN {f_kinds:Array(String)}")
+        keys.append("target_kind IN {f_kinds:Array(String)}")
         params["f_kinds"] = list(flt.kinds)
     if flt.entities:
-        clauses.append("hasAny(entity_keys, {f_entities:Array(String)})")
+        rows.append("hasAny(entity_keys, {f_entities:Array(String)})")
         params["f_entities"] = [entity_key(k, i) for k, i in flt.entities]
     if flt.environments:
-        clauses.append("environment IN {f_envs:Array(String)}")
+        keys.append("environment IN {f_envs:Array(String)}")
         params["f_envs"] = list(flt.environments)
     if flt.outcomes:
-        clauses.append("outcome IN {f_outcomes:Array(String)}")
+        keys.append("outcome IN {f_outcomes:Array(String)}")
         params["f_outcomes"] = list(flt.outcomes)
     if flt.infrastructures:
-        clauses.append("infrastructure IN {f_infras:Array(String)}")
+        keys.append("infrastructure IN {f_infras:Array(String)}")
         params["f_infras"] = list(flt.infrastructures)
     if flt.search is not None:
-        clauses.append(f"({flt.search.sql})")
+        rows.append(f"({flt.search.sql})")
         params.update(flt.search.params)
-    return clauses, params
+    return _Where(f"({scope_sql})", keys, rows, params)
+
+
+_NEWEST_FIRST = "ORDER BY occurred_at DESC, event_id DESC"
+_KEYSET = "(occurred_at, event_id) < (fromUnixTimestamp64Milli({c_ts:Int64}, 'UTC'), toUUID({c_id:String}))"
 
 
 class EventReader:
     def __init__(self, engine: Engine, *, database: str) -> None:
         self._engine = engine
         self._db = check_identifier(database)
+
+    def _rows(self, view: View, where: _Where, *, keyset: bool = False, limited: bool = False) -> str:
+        """`FROM ... WHERE ...` of the full rows of `view` that match `where`.
+
+        The global and activity logs read audit_events (the activity log through its
+        by_actor projection). A change log finds its keys in audit_entity_index first, with
+        the keyset and the LIMIT pushed down when no clause needs the full row, then reads
+        those rows from audit_events by primary key. The scope is checked on both sides.
+        """
+        after = [_KEYSET] if keyset else []
+        if view.kind != "entity":
+            conditions = [where.scope, *where.keys, *where.rows, *after]
+            return f"FROM {self._db}.audit_events WHERE {' AND '.join(conditions)}"
+        inner = (
+            f"SELECT occurred_at, event_id FROM {self._db}.audit_entity_index "
+            f"WHERE {' AND '.join([where.scope, *where.keys, *after])}"
+        )
+        if limited and not where.rows:
+            inner += f" {_NEWEST_FIRST} LIMIT {{limit:UInt32}}"
+        conditions = [f"(occurred_at, event_id) IN ({inner})", where.scope, *where.rows, *after]
+        return f"FROM {self._db}.audit_events WHERE {' AND '.join(conditions)}"
 
     def page(
         self,
@@ -199,22 +231,19 @@ class EventReader:
     ) -> Page:
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
-        clauses, params = _where(view, filters, scope)
+        where = _where(view, filters, scope)
+        params = where.params
         fingerprint = hashlib.sha256(f"{view.fingerprint()}|{filters.fingerprint()}".encode()).hexdigest()[
             :16
         ]
         if cursor:
             after = Cursor.decode(cursor, query=fingerprint)
-            clauses.append(
-                "(occurred_at, event_id) < "
-                "(fromUnixTimestamp64Milli({c_ts:Int64}, 'UTC'), toUUID({c_id:String}))"
-            )
             params["c_ts"] = after.occurred_at_ms
             params["c_id"] = after.event_id
         params["limit"] = limit + 1
         sql = (
-            f"SELECT {_SELECT} FROM {self._db}.{view.table} WHERE {' AND '.join(clauses)} "
-            "ORDER BY occurred_at DESC, event_id DESC LIMIT {limit:UInt32}" + view.settings
+            f"SELECT {_SELECT} {self._rows(view, where, keyset=bool(cursor), limited=True)} "
+            f"{_NEWEST_FIRST} LIMIT {{limit:UInt32}}{view.settings}"
         )
         rows = self._engine.query(sql, params=params)
         next_cursor = None
@@ -225,11 +254,10 @@ class EventReader:
         return Page(items=rows, next_cursor=next_cursor)
 
     def get(self, *, scope: ReadScope, event_id: str) -> dict[str, Any] | None:
-        clauses, params = _where(View(), EventFilter(), scope)
-        clauses.append("event_id = toUUID({e_id:String})")
-        params["e_id"] = event_id
+        where = _where(View(), EventFilter(), scope)
+        params = {**where.params, "e_id": event_id}
         rows = self._engine.query(
-            f"SELECT {_SELECT} FROM {self._db}.audit_events WHERE {' AND '.join(clauses)} LIMIT 1",
+            f"SELECT {_SELECT} {self._rows(View(), where)} AND event_id = toUUID({{e_id:String}}) LIMIT 1",
             params=params,
         )
         return rows[0] if rows else None
@@ -243,20 +271,15 @@ class EventReader:
         whatever the export's size, the store is free between chunks, and rows
         ingested meanwhile (newer than the first chunk) are neither repeated nor skipped.
         """
-        base_clauses, base_params = _where(view, filters, scope)
+        where = _where(view, filters, scope)
         after: tuple[int, str] | None = None
         while True:
-            clauses, params = list(base_clauses), dict(base_params)
+            params = {**where.params, "limit": chunk_rows}
             if after is not None:
-                clauses.append(
-                    "(occurred_at, event_id) < "
-                    "(fromUnixTimestamp64Milli({c_ts:Int64}, 'UTC'), toUUID({c_id:String}))"
-                )
                 params["c_ts"], params["c_id"] = after
-            params["limit"] = chunk_rows
             rows = self._engine.query(
-                f"SELECT {_SELECT} FROM {self._db}.{view.table} WHERE {' AND '.join(clauses)} "
-                "ORDER BY occurred_at DESC, event_id DESC LIMIT {limit:UInt32}" + view.settings,
+                f"SELECT {_SELECT} {self._rows(view, where, keyset=after is not None, limited=True)} "
+                f"{_NEWEST_FIRST} LIMIT {{limit:UInt32}}{view.settings}",
                 params=params,
             )
             if not rows:
@@ -278,16 +301,16 @@ class EventReader:
         for column in columns:
             if column not in _FACET_COLUMNS:
                 raise ValueError(f"cannot facet on {column!r}")
-        clauses, params = _where(view, filters, scope)
+        where = _where(view, filters, scope)
         flags = ", ".join(f"grouping({c}) AS g_{c}" for c in columns)
         sets = ", ".join(f"({c})" for c in columns)
         rows = self._engine.query(
             f"SELECT {flags}, {', '.join(columns)}, count() AS count, any(actor_name) AS label "
-            f"FROM {self._db}.{view.table} WHERE {' AND '.join(clauses)} "
+            f"{self._rows(view, where)} "
             f"GROUP BY GROUPING SETS ({sets}, ()) "
             f"ORDER BY count DESC, {', '.join(columns)} "
-            f"LIMIT {{f_size:UInt32}} BY ({', '.join(f'g_{c}' for c in columns)})",
-            params={**params, "f_size": size},
+            f"LIMIT {{f_size:UInt32}} BY ({', '.join(f'g_{c}' for c in columns)}){view.settings}",
+            params={**where.params, "f_size": size},
         )
         out: dict[str, Any] = {"total": 0, "facets": {c: [] for c in columns}}
         for r in rows:
@@ -303,8 +326,8 @@ class EventReader:
         return out
 
     def count(self, *, scope: ReadScope, view: View, filters: EventFilter) -> int:
-        clauses, params = _where(view, filters, scope)
+        where = _where(view, filters, scope)
         rows = self._engine.query(
-            f"SELECT count() AS n FROM {self._db}.{view.table} WHERE {' AND '.join(clauses)}", params=params
+            f"SELECT count() AS n {self._rows(view, where)}{view.settings}", params=where.params
         )
         return int(rows[0]["n"])

@@ -39,15 +39,15 @@ from storage import cluster_ddl
 from storage.cluster_ddl import Statement, parse_script, render, statements
 from storage.engine import Engine, StoreError
 from storage.migrations import MIGRATIONS, Migration, migrate
-from storage.record import COLUMNS
+from storage.record import COLUMNS, KEY_COLUMNS
 from storage.store import StoreSettings
 from stream.worker_app import WorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 CLUSTER = "audit"
-TABLES = ("audit_events", "audit_entity_log", "dead_letters", "directory_snapshots", "api_keys")
-SHARDED = ("audit_events", "audit_entity_log", "dead_letters")
+TABLES = ("audit_events", "audit_entity_index", "dead_letters", "directory_snapshots", "api_keys")
+SHARDED = ("audit_events", "audit_entity_index", "dead_letters")
 EVERY_NODE = ("directory_snapshots", "api_keys", "schema_migrations")
 
 
@@ -131,16 +131,16 @@ def test_cluster_ddl_has_replicated_local_tables_distributed_tables_and_a_local_
         assert f"{table}_local" not in by_table
     # ReplacingMergeTree(version) keeps its version column once replicated.
     assert "'{replica}', version)" in formatted["directory_snapshots"]
-    view = by_table["audit_entity_log_mv"]
+    view = by_table["audit_entity_index_mv"]
     assert view.kind == "view"
-    assert "TO auditlog.audit_entity_log_local" in formatted[view.table]
+    assert "TO auditlog.audit_entity_index_local" in formatted[view.table]
     assert "FROM auditlog.audit_events_local" in formatted[view.table]
     assert "audit_events\n" not in formatted[view.table]
     # Distributed tables come right after their local table, the view after its target.
     names = [s.table for s in stmts]
     for table in SHARDED:
         assert names.index(table) == names.index(f"{table}_local") + 1
-    assert names.index("audit_entity_log_mv") > names.index("audit_entity_log_local")
+    assert names.index("audit_entity_index_mv") > names.index("audit_entity_index_local")
     assert stmts[-1].kind == "insert"
 
 
@@ -152,8 +152,9 @@ def test_every_cluster_table_carries_every_stored_column(chdb_engine: Engine) ->
     expected = list(COLUMNS)
     for table in ("audit_events", "audit_events_local"):
         assert _columns(chdb_engine, db, table) == expected, table
-    for table in ("audit_entity_log", "audit_entity_log_local"):
-        assert _columns(chdb_engine, db, table) == [("entity_key", "String"), *expected], table
+    narrow = [(name, dict(COLUMNS)[name]) for name in KEY_COLUMNS]
+    for table in ("audit_entity_index", "audit_entity_index_local"):
+        assert _columns(chdb_engine, db, table) == [("entity_key", "String"), *narrow], table
     for table in ("dead_letters",):
         assert _columns(chdb_engine, db, table) == _columns(chdb_engine, db, f"{table}_local")
 
@@ -185,7 +186,9 @@ def test_cluster_local_tables_are_the_single_node_tables_and_the_view_fills_each
         f"INSERT INTO {clustered}.audit_events_local (event_id, occurred_at, entity_keys) "
         "VALUES (generateUUIDv4(), now64(3), ['application/a-1', 'team/t-1'])"
     )
-    rows = chdb_engine.query(f"SELECT entity_key FROM {clustered}.audit_entity_log_local ORDER BY entity_key")
+    rows = chdb_engine.query(
+        f"SELECT entity_key FROM {clustered}.audit_entity_index_local ORDER BY entity_key"
+    )
     assert [r["entity_key"] for r in rows] == ["application/a-1", "team/t-1"]
     assert migrate(chdb_engine, clustered) == []  # versions recorded: the app's migrate() does nothing
 
@@ -238,10 +241,10 @@ def test_a_sharding_key_that_could_move_a_redelivered_event_is_refused(key: str)
         statements(cluster=CLUSTER, shard_key=key)
 
 
-def test_a_custom_sharding_key_shards_the_events_and_their_entity_log_alike() -> None:
+def test_a_custom_sharding_key_shards_the_events_and_their_entity_index_alike() -> None:
     stmts = {s.table: s.sql for s in statements(cluster=CLUSTER, shard_key="cityHash64(infrastructure)")}
     assert stmts["audit_events"].endswith("cityHash64(infrastructure))")
-    assert stmts["audit_entity_log"].endswith("cityHash64(infrastructure))")
+    assert stmts["audit_entity_index"].endswith("cityHash64(infrastructure))")
     assert stmts["dead_letters"].endswith("rand())")
 
 
