@@ -55,6 +55,26 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+_MUST_ESCAPE = ("\\", "'", "`", "\t", "\n")
+
+
+def format_param(value: Any, formatter: Any) -> str:
+    """`value` as a server-side parameter, exactly as clickhouse-connect formats it.
+
+    A list of plain strings (a batch's 20,000 event ids for the writer's dedupe, a
+    caller's 1,000 read-scope tokens) is joined in one step: clickhouse-connect escapes
+    character by character in Python, 5% of the worker's time and ~6 ms of a 1,000-grant
+    query. Anything with a character to escape takes clickhouse-connect's own path.
+    """
+    if type(value) is list and all(type(x) is str for x in value):
+        if not value:
+            return "[]"
+        joined = "', '".join(value)
+        if not any(c in joined for c in _MUST_ESCAPE):
+            return f"['{joined}']"
+    return str(formatter(value, None, True))
+
+
 def _parse_json_each_row(data: bytes) -> list[dict[str, Any]]:
     if not data:
         return []
@@ -78,7 +98,7 @@ class ChdbEngine:
         self._lock = threading.RLock()
 
     def _params(self, params: Params | None) -> dict[str, str]:
-        return {k: self._format(v, None, True) for k, v in (params or {}).items()}
+        return {k: format_param(v, self._format) for k, v in (params or {}).items()}
 
     def _run(self, sql: str, params: Params | None, fmt: str) -> Any:
         bound = self._params(params)

@@ -19,6 +19,7 @@ from producers.contract import InvalidEvent, parse_event
 from producers.directory import Directory
 from storage.store import Store
 from storage.writer import DeadLetter
+from stream.gc_pause import gc_paused
 from stream.steps import Lineage, ms_to_ch_time, process
 
 
@@ -65,6 +66,10 @@ class BatchIngestor:
         self._source = source
 
     def ingest(self, items: Sequence[Any], *, received_at_ms: int) -> IngestReport:
+        with gc_paused():
+            return self._ingest(items, received_at_ms=received_at_ms)
+
+    def _ingest(self, items: Sequence[Any], *, received_at_ms: int) -> IngestReport:
         report = IngestReport(received=len(items))
         directory = self._directory()
         lineage = Lineage(source=self._source, received_at_ms=received_at_ms)

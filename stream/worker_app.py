@@ -70,6 +70,7 @@ from storage.engine import StoreError
 from storage.store import Store, StoreSettings
 from storage.writer import EventWriter
 from stream.batch import DEFAULT_MAX_MESSAGE_BYTES, RawMessage, RejectGuard, TooManyRejects, process_batch
+from stream.gc_pause import gc_paused
 from stream.sink import FaultyEngine, Sink, SinkError, SinkResult, producer_config
 
 log = logging.getLogger("auditlog.worker")
@@ -479,6 +480,11 @@ class WorkerRuntime:
     # -- one batch ---------------------------------------------------------------
 
     async def handle(self, events: Sequence[Any]) -> None:
+        # The batch's objects live until it is stored; collecting meanwhile finds nothing.
+        with gc_paused():
+            await self._handle(events)
+
+    async def _handle(self, events: Sequence[Any]) -> None:
         started = time.monotonic()
         if self.counters.first_batch_at is None:
             self.counters.first_batch_at = time.time()
