@@ -69,9 +69,9 @@ def format_param(value: Any, formatter: Any) -> str:
     if type(value) is list and all(type(x) is str for x in value):
         if not value:
             return "[]"
-        joined = "', '".join(value)
-        if not any(c in joined for c in _MUST_ESCAPE):
-            return f"['{joined}']"
+        flat = "".join(value)
+        if not any(c in flat for c in _MUST_ESCAPE):
+            return "['" + "', '".join(value) + "']"
     return str(formatter(value, None, True))
 
 

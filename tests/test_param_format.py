@@ -27,6 +27,15 @@ def test_fast_path_is_identical_to_clickhouse_connect(value: Any) -> None:
     assert format_param(value, format_bind_value) == format_bind_value(value, None, True)
 
 
+def test_plain_strings_never_reach_the_slow_formatter() -> None:
+    def slow(*_: Any) -> str:
+        raise AssertionError("took clickhouse-connect's per-character path")
+
+    ids = [f"0190b7c2-5d1e-7a3b-8c4d-{i:012x}" for i in range(20_000)]
+    assert format_param(ids, slow) == format_bind_value(ids, None, True)
+    assert format_param(["app:a", "team:b"], slow) == "['app:a', 'team:b']"
+
+
 @given(st.lists(st.text(max_size=8) | _TRICKY, max_size=8))
 def test_the_store_reads_back_the_same_strings(chdb_engine: Engine, value: list[str]) -> None:
     got = chdb_engine.query("SELECT {v:Array(String)} AS v", params={"v": value})[0]["v"]
