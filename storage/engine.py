@@ -45,7 +45,7 @@ class Engine(Protocol):
     def command(self, sql: str, *, params: Params | None = None) -> None: ...
 
     def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
-        """Insert newline-delimited JSON objects (JSONEachRow) into `table`."""
+        """Insert JSONEachRow data into `table`: newline-delimited objects, or one JSON array of them."""
         ...
 
     def stream(self, sql: str, *, params: Params | None = None) -> Iterator[bytes]:
