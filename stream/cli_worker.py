@@ -26,7 +26,7 @@ _FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--directory-topic", "directory_topic", {}),
     ("--partitions", "topic_partitions", {"type": int, "help": "partitions of topics created at start"}),
     ("--batch-size", "batch_size", {"type": int, "help": "messages per batch (default 20000)"}),
-    ("--batch-seconds", "batch_seconds", {"type": float, "help": "longest wait to fill a batch (default 1)"}),
+    ("--batch-seconds", "batch_seconds", {"type": float, "help": "batch window in s (default 0.5)"}),
     ("--max-batch-bytes", "max_batch_bytes", {"type": int, "help": "slice batches to about this size"}),
     ("--max-message-bytes", "max_message_bytes", {"type": int}),
     ("--max-reject-ratio", "max_reject_ratio", {"type": float, "help": "stop above this reject share"}),
