@@ -327,7 +327,11 @@ class EventReader:
 
     def count(self, *, scope: ReadScope, view: View, filters: EventFilter) -> int:
         where = _where(view, filters, scope)
-        rows = self._engine.query(
-            f"SELECT count() AS n {self._rows(view, where)}{view.settings}", params=where.params
-        )
+        if view.kind == "entity" and not where.rows:
+            # The index holds one row per stored row and entity, so its count is the change
+            # log's: no need to join back 450k keys for the busiest application at 10M.
+            source = f"FROM {self._db}.audit_entity_index WHERE {' AND '.join([where.scope, *where.keys])}"
+        else:
+            source = self._rows(view, where)
+        rows = self._engine.query(f"SELECT count() AS n {source}{view.settings}", params=where.params)
         return int(rows[0]["n"])
