@@ -421,7 +421,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append("")
         ch = sz["chdb"]
         tables = ch["tables"]
-        # Runs before migration 4 stored full-row copies (audit_entity_log, by_actor).
+        # Results saved before migration 4 name the full-row audit_entity_log instead.
         entity = "audit_entity_index" if "audit_entity_index" in tables else "audit_entity_log"
         lines.append(
             f"Bytes on disk per event: chDB {_n(ch['bytes_per_event'])} "

@@ -182,7 +182,7 @@ class AuditEvent(BaseModel):
     action: Annotated[str, StringConstraints(min_length=3, max_length=128)]
     target: EntityRef
     # Factories, not `= []`: pydantic deep-copies a mutable default into every instance
-    # (15% of the worker's CPU per event when it did).
+    # (parse_event of a minimal event: 8.3 -> 6.3 us).
     related: Annotated[list[EntityRef], Field(max_length=MAX_RELATED, default_factory=list)]
     outcome: Literal["success", "failure", "denied"] = "success"
     reason: ShortText | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -58,7 +58,7 @@ class Engine(Protocol):
 _MUST_ESCAPE = ("\\", "'", "`", "\t", "\n")
 
 
-def format_param(value: Any, formatter: Any) -> str:
+def format_param(value: Any, formatter: Callable[[Any, Any, bool], Any]) -> str:
     """`value` as a server-side parameter, exactly as clickhouse-connect formats it.
 
     A list of plain strings (a batch's 20,000 event ids for the writer's dedupe, a
