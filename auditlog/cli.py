@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 
-from producers.directory import DirectoryError, load_directory
+from auditlog.admin_client import AdminClient, AdminError
+from producers.contract.directory import DirectoryError, load_directory
+from storage.engine import StoreLocked
 from storage.store import Store, StoreSettings
+
+
+class CliError(Exception):
+    """A mistake of the command line's user: one line, exit code 2."""
+
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -36,13 +45,56 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remote_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        default=os.environ.get("AUDITLOG_URL"),
+        help="go through a running server instead of opening the store (env AUDITLOG_URL)",
+    )
+    p.add_argument(
+        "--key",
+        default=os.environ.get("AUDITLOG_KEY"),
+        help="API key for --url: Manage Infrastructure and Users (env AUDITLOG_KEY)",
+    )
+
+
+def _remote(args: argparse.Namespace) -> AdminClient | None:
+    if not args.url:
+        return None
+    if not args.key:
+        raise CliError("--url needs --key (or AUDITLOG_KEY): an API key with Manage Infrastructure and Users")
+    return AdminClient(args.url, args.key)
+
+
+def _infrastructure(args: argparse.Namespace, store: Store) -> str:
+    served = store.directory.load().served
+    if args.infrastructure:
+        if args.infrastructure not in served:
+            raise CliError(
+                f"infrastructure {args.infrastructure!r} has no directory here; served: {list(served)}"
+            )
+        return str(args.infrastructure)
+    if len(served) == 1:
+        return served[0]
+    raise CliError(
+        f"pass --infrastructure: this store serves {list(served) or 'none yet (load a directory)'}"
+    )
+
+
 def cmd_directory_load(args: argparse.Namespace) -> int:
-    directory = load_directory(args.file)
-    store = _open_store(args)
-    store.directory.replace(directory)
+    directory = load_directory(args.file, infrastructure=args.infrastructure)
+    remote = _remote(args)
+    if remote is not None:
+        summary = remote.replace_directory(directory)
+        where = f"through {args.url}"
+    else:
+        store = _open_store(args)
+        store.directory.replace(directory)
+        summary = {k: len(getattr(directory, k)) for k in ("users", "roles", "teams", "applications")}
+        where = f"into {store.database!r}"
     print(
-        f"directory loaded: {len(directory.users)} users, {len(directory.roles)} roles, "
-        f"{len(directory.teams)} teams, {len(directory.applications)} applications"
+        f"directory of {directory.infrastructure!r} loaded {where}: {summary['users']} users, "
+        f"{summary['roles']} roles, {summary['teams']} teams, {summary['applications']} applications"
     )
     return 0
 
@@ -51,7 +103,7 @@ def cmd_directory_publish(args: argparse.Namespace) -> int:
     from producers.directory_publisher import publish_directory
     from producers.publisher import ProducerSettings
 
-    directory = load_directory(args.file)
+    directory = load_directory(args.file, infrastructure=args.infrastructure)
     settings = ProducerSettings()
     if args.bootstrap:
         settings = settings.model_copy(update={"bootstrap_servers": args.bootstrap})
@@ -60,14 +112,99 @@ def cmd_directory_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expiry(args: argparse.Namespace) -> datetime | None:
+    if args.expires_in_days is not None:
+        if args.expires_in_days <= 0:
+            raise CliError("--expires-in-days must be positive")
+        return datetime.now(UTC) + timedelta(days=args.expires_in_days)
+    return None
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    store = _open_store(args)
-    directory = store.directory.load()
-    if args.user not in directory.users:
-        print(f"error: user {args.user!r} is not in the directory; load it first", file=sys.stderr)
-        return 2
-    key = store.keys.create(user_id=args.user, label=args.label or "", can_ingest=args.ingest)
+    expires = _expiry(args)
+    remote = _remote(args)
+    if remote is not None:
+        created = remote.create_key(
+            user_id=args.user,
+            label=args.label,
+            can_ingest=args.ingest,
+            can_publish_directory=args.directory_publisher,
+            expires_at=expires,
+        )
+        key = str(created["key"])
+        public = {k: v for k, v in created.items() if k != "key"}
+    else:
+        store = _open_store(args)
+        infrastructure = _infrastructure(args, store)
+        directory = store.directory.load().get(infrastructure)
+        service_only = args.directory_publisher and not args.ingest
+        if not service_only and (directory is None or args.user not in directory.users):
+            raise CliError(f"user {args.user!r} is not in the directory of {infrastructure!r}; load it first")
+        key, made = store.keys.create(
+            infrastructure=infrastructure,
+            user_id=args.user,
+            label=args.label or "",
+            can_ingest=args.ingest,
+            can_publish_directory=args.directory_publisher,
+            expires_at_ms=int(expires.timestamp() * 1000) if expires else None,
+        )
+        public = made.to_public()
     print(key)
+    expiry = f", expires {public['expires_at']}" if public["expires_at"] else ""
+    print(
+        f"key {public['key_id']} for {public['user_id']} in {public['infrastructure']}{expiry}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _key_state(key: dict[str, object]) -> str:
+    if key["revoked"]:
+        return "revoked"
+    expires = key["expires_at"]
+    if isinstance(expires, str) and datetime.fromisoformat(expires) <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote is not None:
+        keys = remote.list_keys()
+    else:
+        store = _open_store(args)
+        keys = [k.to_public() for k in store.keys.list(infrastructure=args.infrastructure or None)]
+    header = (
+        ("KEY ID", 17),
+        ("INFRASTRUCTURE", 20),
+        ("USER", 20),
+        ("STATE", 8),
+        ("RIGHTS", 17),
+        ("EXPIRES", 25),
+    )
+    print(" ".join(f"{name:<{width}}" for name, width in header) + " LABEL")
+    for k in keys:
+        rights = [
+            r for r, on in (("ingest", k["can_ingest"]), ("directory", k["can_publish_directory"])) if on
+        ]
+        print(
+            f"{k['key_id']:<17} {k['infrastructure']:<20} {k['user_id']:<20} {_key_state(k):<8} "
+            f"{','.join(rights) or 'read':<17} {k['expires_at'] or 'never':<25} {k['label']}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    if remote is not None:
+        revoked = remote.revoke_key(args.key_id)
+    else:
+        store = _open_store(args)
+        found = store.keys.revoke(args.key_id)
+        if found is None:
+            raise CliError(f"no key {args.key_id!r} in this store (see: auditlog keys list)")
+        revoked = found.to_public()
+    print(f"revoked key {revoked['key_id']} of {revoked['user_id']} in {revoked['infrastructure']}")
     return 0
 
 
@@ -195,13 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("directory", help="manage the directory")
     dsub = p.add_subparsers(dest="directory_command", required=True)
-    q = dsub.add_parser("load", help="replace the stored directory with a JSON or YAML file")
+    q = dsub.add_parser("load", help="replace one infrastructure's directory with a JSON or YAML file")
     _store_args(q)
+    _remote_args(q)
     q.add_argument("file", type=Path)
+    q.add_argument("--infrastructure", help="the infrastructure it is for, if the file does not say")
     q.set_defaults(func=cmd_directory_load)
     q = dsub.add_parser("publish", help="publish a directory file to the compacted topic audit.directory")
     q.add_argument("file", type=Path)
     q.add_argument("--bootstrap", help="Kafka bootstrap servers (env AUDITLOG_KAFKA_BOOTSTRAP_SERVERS)")
+    q.add_argument("--infrastructure", help="the infrastructure it is for, if the file does not say")
     q.add_argument("--remove", action="append", default=[], metavar="KIND/ID", help="also send a tombstone")
     q.add_argument("--topic", default="audit.directory")
     q.set_defaults(func=cmd_directory_publish)
@@ -210,10 +350,28 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = p.add_subparsers(dest="keys_command", required=True)
     q = ksub.add_parser("create", help="create an API key for a directory user (printed once)")
     _store_args(q)
+    _remote_args(q)
     q.add_argument("--user", required=True)
+    q.add_argument("--infrastructure", help="the user's infrastructure (default: the only one served)")
     q.add_argument("--label", default="")
     q.add_argument("--ingest", action="store_true", help="the key may also ingest events")
+    q.add_argument(
+        "--directory-publisher",
+        action="store_true",
+        help="the key may replace the directory (PUT /v1/directory)",
+    )
+    q.add_argument("--expires-in-days", type=float, help="the key stops working after this many days")
     q.set_defaults(func=cmd_keys_create)
+    q = ksub.add_parser("list", help="list API keys (ids, users, rights, expiry; never the keys)")
+    _store_args(q)
+    _remote_args(q)
+    q.add_argument("--infrastructure")
+    q.set_defaults(func=cmd_keys_list)
+    q = ksub.add_parser("revoke", help="revoke an API key by its id (see keys list)")
+    _store_args(q)
+    _remote_args(q)
+    q.add_argument("key_id")
+    q.set_defaults(func=cmd_keys_revoke)
 
     for register in _EXTRA_COMMANDS:
         register(sub)
@@ -255,8 +413,15 @@ def main(argv: list[str] | None = None) -> int:
     func: Command = args.func
     try:
         return func(args)
-    except DirectoryError as exc:
+    except (DirectoryError, CliError, AdminError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StoreLocked as exc:
+        print(
+            f"error: {exc}; chDB opens a store in one process only. "
+            "Stop it, or run this command through it: add --url http://HOST:PORT --key KEY",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

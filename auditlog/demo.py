@@ -38,9 +38,9 @@ from auditlog.demo_data import (
     build_directory,
     generate_events,
 )
-from producers.directory import Directory
+from producers.contract.directory import Directories, Directory
+from producers.contract.permissions import Caller, scope_for
 from producers.ids import uuid7
-from query_api.permissions import Caller, scope_for
 from query_api.settings import ApiSettings
 from storage.reader import EventFilter, View
 from storage.store import Store
@@ -114,9 +114,12 @@ def _ensure_keys(store: Store, state: DemoState, directory: Directory) -> bool:
             continue
         key = state.keys.get(user_id)
         found = store.keys.lookup(key) if key else None
-        if found is None or found.user_id != user_id:
-            state.keys[user_id] = store.keys.create(
-                user_id=user_id, label=f"demo: {label}", can_ingest=user_id == PRIYA
+        if found is None or found.user_id != user_id or not found.usable(int(time.time() * 1000)):
+            state.keys[user_id], _ = store.keys.create(
+                infrastructure=directory.infrastructure,
+                user_id=user_id,
+                label=f"demo: {label}",
+                can_ingest=user_id == PRIYA,
             )
             changed = True
     return changed
@@ -137,7 +140,8 @@ def _seed(store: Store, state: DemoState, err: TextIO) -> None:
 
     from stream.batch_ingest import BatchIngestor
 
-    ingestor = BatchIngestor(store, lambda: directory, source="demo")
+    directories = Directories([directory])
+    ingestor = BatchIngestor(store, lambda: directories, source="demo")
     end = datetime.fromtimestamp(state.end_ms / 1000, tz=UTC)
     events = generate_events(directory, count=state.events, days=state.days, seed=state.seed, end=end)
     started = time.perf_counter()
@@ -193,7 +197,9 @@ def _seed(store: Store, state: DemoState, err: TextIO) -> None:
 
 
 def _count(store: Store, directory: Directory, user_id: str, view: View | None = None) -> int:
-    scope = scope_for(Caller(user_id=user_id), directory)
+    scope = scope_for(
+        Caller(user_id=user_id, infrastructure=directory.infrastructure), Directories([directory])
+    )
     return store.reader.count(scope=scope, view=view or View(), filters=EventFilter())
 
 
@@ -351,10 +357,12 @@ def _run(args: argparse.Namespace, store: Store, out: TextIO, err: TextIO) -> in
     if state is None:
         # Never mix the demo into a store someone is using for real.
         existing = store.event_count()
-        current = store.directory.load()
-        foreign_directory = bool(current.users) and current.model_copy(
-            update={"version": 0}
-        ) != build_directory(args.seed)
+        demo = build_directory(args.seed)
+        loaded = store.directory.load()
+        current = loaded.get(demo.infrastructure)
+        foreign_directory = any(d.infrastructure != demo.infrastructure for d in loaded) or (
+            current is not None and bool(current.users) and current.model_copy(update={"version": 0}) != demo
+        )
         if existing or foreign_directory:
             what = f"{existing:,} events" if existing else "a directory"
             err.write(
@@ -387,7 +395,7 @@ def _run(args: argparse.Namespace, store: Store, out: TextIO, err: TextIO) -> in
         else:
             err.write("reusing the demo already in this store (nothing ingested)\n")
 
-    directory = store.directory.load()
+    directory = store.directory.load().get(build_directory(state.seed).infrastructure) or Directory()
     if _ensure_keys(store, state, directory):
         _save_state(store, state)
     settings = _api_settings(args)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from producers.directory import (
+from producers.contract.directory import (
     Application,
     DeploymentPlan,
     Directory,
@@ -36,6 +36,7 @@ from producers.directory import (
     Team,
     User,
 )
+from producers.contract.permissions import effective_level, manages_infrastructure
 from producers.ids import uuid7
 
 INFRASTRUCTURE_ID = "acme-prod-infra"
@@ -456,6 +457,7 @@ def build_directory(seed: int) -> Directory:
         for pid, name, app_names, _ in _PLANS
     ]
     return Directory(
+        infrastructure=INFRASTRUCTURE_ID,
         roles={r.id: r for r in _ROLES},
         users={u.id: u for u in users},
         teams={tid: Team(id=tid, name=name) for tid, (name, _) in _TEAMS.items()},
@@ -707,14 +709,15 @@ class _Generator:
         self.popular_apps = list(self.popularity)
         self.popular_cum = self._cum(list(self.popularity.values()))
 
+        # Levels as they were while the retired applications still existed: who could act on them.
+        retired = {a: Application(id=a, name=n, team=t) for a, n, t, _ in _RETIRED_APPS}
+        then = d.model_copy(update={"applications": {**d.applications, **retired}})
         self.levels: dict[str, dict[str, Level]] = {
-            uid: {a: self._level(u, a) for a in app_ids} for uid, u in self.acting_users.items()
+            uid: {a: effective_level(then, u, a) for a in app_ids} for uid, u in self.acting_users.items()
         }
         self.app_pools = {lvl: self._app_pool(lvl) for lvl in (Level.OPEN_DEBUG, Level.CHANGE_DEPLOY)}
         self.team_pool = self._team_pool()
-        infra = [
-            uid for uid, u in self.acting_users.items() if self._role(u.default_role).manage_infrastructure
-        ]
+        infra = [uid for uid, u in self.acting_users.items() if manages_infrastructure(d, u)]
         self.infra_pool = (infra, self._cum([self.activity[u] for u in infra]))
         humans = list(self.acting_users)
         self.human_pool = (humans, self._cum([self.activity[u] for u in humans]))
@@ -744,15 +747,6 @@ class _Generator:
 
     def _role(self, role_id: str | None) -> Role:
         return self.directory.roles.get(role_id or "", _ROLES[-1])
-
-    def _level(self, user: User, app_id: str) -> Level:
-        levels = [self._role(user.default_role).level]
-        team = self.app_team.get(app_id)
-        if team is not None and team in user.team_roles:
-            levels.append(self._role(user.team_roles[team]).level)
-        if app_id in user.app_roles:
-            levels.append(self._role(user.app_roles[app_id]).level)
-        return max(levels)
 
     @staticmethod
     def _cum(weights: list[float]) -> list[float]:

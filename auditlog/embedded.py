@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from producers.directory import Directory
+from producers.contract.directory import Directory
 from query_api.app import create_app
 from query_api.deps import DirectorySource, Ingestor, KeyCache, Services
 from query_api.read_audit import ReadAuditor
+from query_api.sessions import SessionStore
 from query_api.settings import ApiSettings
 from storage.store import Store
 from stream.batch_ingest import BatchIngestor
@@ -36,23 +37,18 @@ def build_embedded(
     directories = DirectorySource(store)
     if directory is not None:
         directories.replace(directory)
-    known = directories.get().infrastructures
-    if "infrastructure" not in settings.model_fields_set and len(known) == 1:
-        # One installation: record reads of its log against it rather than a placeholder.
-        settings = settings.model_copy(update={"infrastructure": next(iter(known))})
     if ingestor is None:
         ingestor = BatchIngestor(store, directories.get, source="api")
     auditor = None
     if settings.audit_reads:
-        auditor = ReadAuditor(
-            ingestor,
-            infrastructure=settings.infrastructure,
-            service_host=socket.gethostname(),
-        )
+        auditor = ReadAuditor(ingestor, service_host=socket.gethostname())
     services = Services(
         store=store,
         directory=directories,
         keys=KeyCache(store, ttl=settings.key_cache_seconds),
+        sessions=SessionStore(
+            absolute_seconds=settings.session_absolute_seconds, idle_seconds=settings.session_idle_seconds
+        ),
         ingestor=ingestor,
         settings=settings,
         auditor=auditor,

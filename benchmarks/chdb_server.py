@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import say_ready, serve_json_lines
-from benchmarks.dataset import ADMIN_USER, DATABASE, GRANTS_USER, chdb_sizes
+from benchmarks.dataset import ADMIN_USER, BENCH_INFRASTRUCTURE, DATABASE, GRANTS_USER, chdb_sizes
 from benchmarks.profiles import summarize_pstats
 from benchmarks.queries import FACET_SIZE, FACETS, PAGE_SIZE
-from query_api.permissions import Caller, scope_for
+from producers.contract.permissions import Caller, ReadScope, scope_for
 from query_api.search import compile_query
 from storage.engine import ChdbEngine, Params
-from storage.read_scope import ReadScope
 from storage.reader import EventFilter, View
 from storage.store import Store
 
@@ -75,9 +74,10 @@ class Server:
     def __init__(self, store_path: Path) -> None:
         self.engine = RecordingEngine(ChdbEngine(str(store_path)))
         self.store = Store(self.engine, database=DATABASE)
-        directory = self.store.directory.load()
+        directories = self.store.directory.load()
         self.scopes: dict[str, ReadScope] = {
-            name: scope_for(Caller(user_id=user), directory) for name, user in CALLERS.items()
+            name: scope_for(Caller(user_id=user, infrastructure=BENCH_INFRASTRUCTURE), directories)
+            for name, user in CALLERS.items()
         }
         self.cursors: dict[str, str | None] = {}
 

@@ -26,6 +26,7 @@ import orjson
 
 from benchmarks.dataset import ADMIN_USER, bench_directory, realistic_events
 from benchmarks.profiles import summarize_pstats
+from producers.contract.directory import Directories
 
 
 def fresh_events(n: int, *, seed: int) -> list[dict[str, Any]]:
@@ -38,7 +39,10 @@ def prepare(store_path: Path) -> dict[str, Any]:
 
     store = Store.open(StoreSettings(path=store_path))
     store.directory.replace(bench_directory())
-    key = store.keys.create(user_id=ADMIN_USER, label="benchmark", can_ingest=True)
+    directory = bench_directory()
+    key, _ = store.keys.create(
+        infrastructure=directory.infrastructure, user_id=ADMIN_USER, label="benchmark", can_ingest=True
+    )
     store.close()
     return {"key": key}
 
@@ -51,7 +55,8 @@ def embedded(store_path: Path, n: int, batch: int, *, profile: bool, seed: int) 
     directory = bench_directory()
     store.directory.replace(directory)
     events = fresh_events(n, seed=seed)
-    ingestor = BatchIngestor(store, lambda: directory, source="api")
+    directories = Directories([directory])
+    ingestor = BatchIngestor(store, lambda: directories, source="api")
     profiler = cProfile.Profile() if profile else None
     stored = 0
     batch_s = []

@@ -22,7 +22,7 @@ Schema and indexes (see benchmarks/README.md for the reasoning):
 - a pg_trgm GIN index on the lower-cased concatenation of the free-text columns.
 
 The permission predicate is the product's rule (`benchmarks.queries.pg_scope`):
-`scope_key = ANY(tokens)` (hashed) or, for multi-token rows, `scope_multi <@ tokens`.
+`infrastructure = %s AND scope_key = ANY(tokens)` (hashed), as in `storage.scope_predicate`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import orjson
 
 from benchmarks.common import REPO, free_port, log
 from benchmarks.queries import DEEP_PAGE, PAGE_SIZE, facets_out, pg_facets, pg_keyset_at, pg_page
-from storage.read_scope import ReadScope
+from producers.contract.permissions import ReadScope
 from storage.record import COLUMN_NAMES
 
 # shared_buffers etc. for a 2-core, ~24 GB machine shared with other work.
@@ -101,9 +101,7 @@ CREATE TABLE audit_events (
     correlation_id text NOT NULL,
     plan_app_ids text[] NOT NULL,
     app_team_id text NOT NULL,
-    read_scope text[] NOT NULL,
     scope_key text NOT NULL,
-    scope_multi text[] NOT NULL,
     ingest_source text NOT NULL,
     kafka_topic text NOT NULL
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.read_scope import APP_PREFIX, INFRA, TEAM_PREFIX, ReadScope, app_token, team_token
+from producers.contract.permissions import APP_PREFIX, PLAN_PREFIX, TEAM_PREFIX, ReadScope
 from storage.record import PUBLIC_COLUMNS
 
 PAGE_SIZE = 50
@@ -78,29 +78,27 @@ SEARCH_DOC = (
 
 
 def pg_scope(scope: ReadScope) -> tuple[str, dict[str, Any]]:
-    """`ReadScope.predicate`, in PostgreSQL: the same rule over scope_key / scope_multi."""
+    """`storage.scope_predicate`, in PostgreSQL: the same rule over infrastructure and scope_key."""
     if scope.sees_nothing:
         return "false", {}
+    params: dict[str, Any] = {"s_infra": scope.infrastructure}
     if scope.sees_everything:
-        return "(e.scope_key <> '' OR cardinality(e.scope_multi) > 0)", {}
-    tokens = ([INFRA] if scope.infra else []) + sorted(
-        [app_token(a) for a in scope.apps] + [team_token(t) for t in scope.teams]
-    )
-
-    def allowed(x: str) -> str:
-        terms = [f"{x} = ANY(%(s_tokens)s::text[])"]
-        if scope.all_apps:
-            terms.append(f"{x} LIKE '{APP_PREFIX}%%'")
-        if scope.all_teams:
-            terms.append(f"{x} LIKE '{TEAM_PREFIX}%%'")
-        return " OR ".join(terms)
-
-    if scope.all_apps or scope.all_teams:
-        multi = f"NOT EXISTS (SELECT 1 FROM unnest(e.scope_multi) AS t(x) WHERE NOT ({allowed('t.x')}))"
-    else:
-        multi = "e.scope_multi <@ %(s_tokens)s::text[]"
-    sql = f"(({allowed('e.scope_key')}) OR (e.scope_key = '' AND cardinality(e.scope_multi) > 0 AND {multi}))"
-    return sql, {"s_tokens": tokens}
+        return "(e.infrastructure = %(s_infra)s AND e.scope_key <> '')", params
+    terms = []
+    if scope.tokens:
+        terms.append("e.scope_key = ANY(%(s_tokens)s::text[])")
+        params["s_tokens"] = list(scope.tokens)
+    if scope.all_apps:
+        terms.append(f"e.scope_key LIKE '{APP_PREFIX}%%'")
+    if scope.all_teams:
+        terms.append(f"e.scope_key LIKE '{TEAM_PREFIX}%%'")
+    if scope.unknown_plans:
+        plan = f"e.scope_key LIKE '{PLAN_PREFIX}%%'"
+        if scope.denied_plans:
+            plan += " AND NOT (e.scope_key = ANY(%(s_denied_plans)s::text[]))"
+            params["s_denied_plans"] = sorted(PLAN_PREFIX + p for p in scope.denied_plans)
+        terms.append(f"({plan})")
+    return f"(e.infrastructure = %(s_infra)s AND ({' OR '.join(terms)}))", params
 
 
 def _like_escape(text: str) -> str:

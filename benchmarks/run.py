@@ -52,11 +52,12 @@ RATIO_QUERIES = ("global_first", "global_filtered", "facets")
 _ROW_SOURCES = (
     "storage/migrations.py",
     "storage/record.py",
-    "storage/read_scope.py",
+    "storage/scope_predicate.py",
+    "producers/contract/permissions.py",
     "storage/writer.py",
     "stream/steps.py",
-    "producers/contract.py",
-    "producers/directory.py",
+    "producers/contract/event.py",
+    "producers/contract/directory.py",
     "auditlog/demo_data.py",
     "benchmarks/dataset.py",
 )
@@ -102,11 +103,14 @@ def build_dataset(scale: Scale, data_dir: Path, rebuild: bool) -> tuple[Path, di
 
 
 def scopes() -> dict[str, Any]:
-    from query_api.permissions import Caller, scope_for
+    from producers.contract.directory import Directories
+    from producers.contract.permissions import Caller, scope_for
 
     directory = bench_directory()
     return {
-        name: scope_for(Caller(user_id=user), directory)
+        name: scope_for(
+            Caller(user_id=user, infrastructure=directory.infrastructure), Directories([directory])
+        )
         for name, user in (("admin", ADMIN_USER), ("grants", GRANTS_USER))
     }
 

@@ -1,6 +1,6 @@
 """Publish the directory to the compacted topic `audit.directory`, one record per entity.
 
-Key `kind/id`, value the `DirectorySnapshot` JSON: compaction keeps the latest
+Key `infrastructure/kind/id`, value the `DirectorySnapshot` JSON: compaction keeps the latest
 state of every entity, and every worker reads the topic in full at start.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaException, Producer
 
-from producers.directory import Directory, DirectorySnapshot
+from producers.contract.directory import Directory, DirectorySnapshot
 from producers.publisher import ProducerSettings
 from producers.topics import DIRECTORY_TOPIC
 
@@ -52,9 +52,9 @@ def publish_directory(
     removed: tuple[str, ...] = (),
     topic: str = DIRECTORY_TOPIC,
 ) -> int:
-    """Every entity of `directory`, plus tombstones for the `kind/id` keys in `removed`."""
+    """Every entity of `directory`, plus tombstones for the `kind/id` keys in `removed`
+    (entities of the directory's own infrastructure)."""
     snaps = directory.snapshots()
     for key in removed:
-        kind, _, ident = key.partition("/")
-        snaps.append(DirectorySnapshot.model_validate({"kind": kind, "id": ident, "entity": None}))
+        snaps.append(DirectorySnapshot.tombstone_for_key(f"{directory.infrastructure}/{key}"))
     return publish_snapshots(snaps, bootstrap_servers=settings.bootstrap_servers, topic=topic)

@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import orjson
 
-from producers.contract import InvalidEvent, parse_event
+from producers.contract.event import InvalidEvent, parse_event
 from producers.publisher import DeliveryReport, ProducerSettings, Publisher
 
 MAX_KEPT_INVALID = 1000

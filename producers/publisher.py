@@ -80,7 +80,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producers.contract import AuditEvent, InvalidEvent, event_to_wire, parse_event
+from producers.contract.event import AuditEvent, InvalidEvent, event_to_wire, parse_event
 from producers.envelope import (
     CONTENT_TYPE_HEADER,
     DEFAULT_MAX_ENVELOPE_BYTES,

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from query_api.admin import router as admin_router
 from query_api.deps import Services
 from query_api.routes import router
 from query_api.ui import STATIC_DIR, STATIC_PATH
@@ -46,6 +47,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     app.include_router(router)
+    app.include_router(admin_router)
     app.include_router(ui_router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="ui-static")
 

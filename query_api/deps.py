@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from producers.directory import Directory
-from query_api.permissions import Caller, scope_for
+from producers.contract.directory import Directories, Directory
+from producers.contract.permissions import Caller, ReadScope, scope_for
 from query_api.read_audit import ReadAuditor
+from query_api.sessions import Session, SessionStore
 from query_api.settings import ApiSettings
-from storage.read_scope import ReadScope
-from storage.store import ApiKey, Store
+from storage.store import MAX_KEY_LENGTH, ApiKey, Store, hash_key, key_id_of
 
 
 class Ingestor(Protocol):
@@ -25,16 +26,21 @@ class Ingestor(Protocol):
 
 
 class DirectorySource:
-    """The directory as the store holds it, re-read at most every `ttl` seconds."""
+    """The installation's directories as the store holds them, re-read at most every `ttl` seconds.
+
+    In embedded mode this process is the only writer, so `replace` takes effect at once;
+    in Kafka mode the worker saves what it follows on `audit.directory`, and the API
+    sees it within `ttl`.
+    """
 
     def __init__(self, store: Store, *, ttl: float = 5.0) -> None:
         self._store = store
         self._ttl = ttl
         self._lock = threading.Lock()
-        self._value: Directory | None = None
+        self._value: Directories | None = None
         self._loaded_at = 0.0
 
-    def get(self) -> Directory:
+    def get(self) -> Directories:
         with self._lock:
             if self._value is None or time.monotonic() - self._loaded_at > self._ttl:
                 self._value = self._store.directory.load()
@@ -42,33 +48,59 @@ class DirectorySource:
             return self._value
 
     def replace(self, directory: Directory) -> None:
-        self._store.directory.replace(directory)
+        """`directory` becomes the whole truth of its infrastructure, now."""
         with self._lock:
-            self._value = directory
+            self._store.directory.replace(directory)
+            self._value = self._store.directory.load()
             self._loaded_at = time.monotonic()
 
 
 class KeyCache:
-    """Key lookups cached briefly: a revoked key stops working within `ttl` seconds."""
+    """Key lookups cached briefly: a revoked or expired key stops working within `ttl` seconds.
 
-    def __init__(self, store: Store, *, ttl: float) -> None:
+    Bounded (least recently used out first), misses included, so that a flood of
+    made-up keys costs lookups but never memory.
+    """
+
+    def __init__(self, store: Store, *, ttl: float, max_entries: int = 10_000) -> None:
         self._store = store
         self._ttl = ttl
+        self._max = max_entries
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._cache: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
 
     def lookup(self, key: str) -> ApiKey | None:
+        """The usable key behind `key`, or None (unknown, too long, revoked or expired)."""
+        if not key or len(key) > MAX_KEY_LENGTH:
+            return None
+        return self.lookup_hash(hash_key(key))
+
+    def lookup_hash(self, key_hash: str) -> ApiKey | None:
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(key)
+            hit = self._cache.get(key_hash)
             if hit is not None and now - hit[0] < self._ttl:
-                return hit[1]
-        found = self._store.keys.lookup(key)
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (now, found)
+                self._cache.move_to_end(key_hash)
+                found = hit[1]
+            else:
+                found = None
+                hit = None
+        if hit is None:
+            found = self._store.keys.lookup_hash(key_hash)
+            with self._lock:
+                self._cache[key_hash] = (now, found)
+                self._cache.move_to_end(key_hash)
+                while len(self._cache) > self._max:
+                    self._cache.popitem(last=False)
+        if found is None or not found.usable(int(time.time() * 1000)):
+            return None
         return found
+
+    def forget_id(self, key_id: str) -> None:
+        """Drop a key from the cache at once (it was revoked here)."""
+        with self._lock:
+            for key_hash in [h for h in self._cache if key_id_of(h) == key_id]:
+                del self._cache[key_hash]
 
 
 @dataclass
@@ -76,6 +108,7 @@ class Services:
     store: Store
     directory: DirectorySource
     keys: KeyCache
+    sessions: SessionStore
     ingestor: Ingestor
     settings: ApiSettings
     auditor: ReadAuditor | None = None
@@ -90,21 +123,32 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer alk_...`")
 
-# The viewer keeps the key in this HttpOnly cookie; reads accept it, writes need the header.
-SESSION_COOKIE = "auditlog_key"
+# The viewer's session cookie: a random session id (query_api.sessions), never a key.
+SESSION_COOKIE = "auditlog_session"
 
 
-def caller_from_key(services: Services, key: str | None, *, via_cookie: bool = False) -> Caller | None:
-    if not key:
-        return None
-    found = services.keys.lookup(key)
-    if found is None:
-        return None
+def caller_of(found: ApiKey, *, via_session: bool = False) -> Caller:
+    # A browser session reads only: a cross-site form post must not write events or keys.
     return Caller(
         user_id=found.user_id,
-        can_ingest=found.can_ingest and not via_cookie,
+        infrastructure=found.infrastructure,
+        key_id=found.key_id,
         key_label=found.label,
+        can_ingest=found.can_ingest and not via_session,
+        can_publish_directory=found.can_publish_directory and not via_session,
     )
+
+
+def caller_from_session(services: Services, session_id: str | None) -> tuple[Session, Caller] | None:
+    session = services.sessions.get(session_id)
+    if session is None:
+        return None
+    found = services.keys.lookup_hash(session.key_hash)
+    if found is None:
+        # The key was revoked or expired: its sessions end with it.
+        services.sessions.end_for_key(session.key_hash)
+        return None
+    return session, caller_of(found, via_session=True)
 
 
 def get_caller(
@@ -114,10 +158,11 @@ def get_caller(
 ) -> Caller:
     caller = None
     if credentials is not None and credentials.scheme.lower() == "bearer":
-        caller = caller_from_key(services, credentials.credentials)
+        found = services.keys.lookup(credentials.credentials)
+        caller = caller_of(found) if found is not None else None
     elif credentials is None:
-        # A cookie never grants ingest: a cross-site form post must not write events.
-        caller = caller_from_key(services, request.cookies.get(SESSION_COOKIE), via_cookie=True)
+        signed_in = caller_from_session(services, request.cookies.get(SESSION_COOKIE))
+        caller = signed_in[1] if signed_in is not None else None
     if caller is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -130,15 +175,23 @@ def get_caller(
 CurrentCaller = Annotated[Caller, Depends(get_caller)]
 
 
-def get_directory(services: ServicesDep) -> Directory:
+def get_directories(services: ServicesDep) -> Directories:
     return services.directory.get()
+
+
+CurrentDirectories = Annotated[Directories, Depends(get_directories)]
+
+
+def get_directory(caller: CurrentCaller, directories: CurrentDirectories) -> Directory:
+    """The directory of the caller's own infrastructure (names, the entities it may see)."""
+    return directories.get(caller.infrastructure) or Directory(infrastructure=caller.infrastructure)
 
 
 CurrentDirectory = Annotated[Directory, Depends(get_directory)]
 
 
-def get_scope(caller: CurrentCaller, directory: CurrentDirectory) -> ReadScope:
-    return scope_for(caller, directory)
+def get_scope(caller: CurrentCaller, directories: CurrentDirectories) -> ReadScope:
+    return scope_for(caller, directories)
 
 
 Scope = Annotated[ReadScope, Depends(get_scope)]

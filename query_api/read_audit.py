@@ -2,7 +2,7 @@
 
 Every view, query, detail and export becomes an event (`audit_log.read` or
 `audit_log.export`) whose actor is the caller and whose details hold the query.
-Its target is the infrastructure, so only holders of *Manage Infrastructure and
+Its target is the caller's infrastructure, so only holders of *Manage Infrastructure and
 Users* see it. Recording goes through the service's ingestor, like any event,
 but off the request path: a background thread flushes every `interval` seconds,
 so a read costs a queue append, not an insert.
@@ -19,8 +19,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from producers.contract.permissions import Caller
 from producers.ids import uuid7
-from query_api.permissions import Caller
 
 log = logging.getLogger("auditlog.read_audit")
 
@@ -42,13 +42,11 @@ class ReadAuditor:
         self,
         ingestor: _Ingestor,
         *,
-        infrastructure: str,
         service_host: str = "",
         interval: float = 1.0,
         max_queue: int = 100_000,
     ) -> None:
         self._ingestor = ingestor
-        self._infrastructure = infrastructure
         self._host = service_host
         self._interval = interval
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_queue)
@@ -67,19 +65,22 @@ class ReadAuditor:
         request_id: str | None = None,
         outcome: str = "success",
         reason: str | None = None,
+        target: tuple[str, str] | None = None,
     ) -> None:
         now = datetime.now(UTC)
+        target_kind, target_id = target or ("infrastructure", caller.infrastructure)
         ms = int(now.timestamp() * 1000)
         event: dict[str, Any] = {
             "schema_version": 1,
             "event_id": str(uuid7(ms, uuid.uuid4().int)),
             "occurred_at": now.isoformat(timespec="milliseconds"),
-            "infrastructure": self._infrastructure,
+            "infrastructure": caller.infrastructure,
             "actor": {"id": caller.user_id, "type": "user"},
+            # Which key read: an auditor's first question after "who".
+            "details": {**details, "key_id": caller.key_id} if caller.key_id else details,
             "action": action,
-            "target": {"kind": "infrastructure", "id": self._infrastructure},
+            "target": {"kind": target_kind, "id": target_id},
             "outcome": outcome,
-            "details": details,
             "source": {"service": "auditlog-query-api", "host": self._host, "version": "1"},
         }
         if reason:

@@ -17,12 +17,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from producers.contract import ENTITY_KINDS, KindName
+from producers.contract.event import ENTITY_KINDS, KindName
+from producers.contract.permissions import Caller, ReadScope, may_read_activity_log, may_read_entity
 from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
-from query_api.permissions import Caller, may_read_activity_log, may_read_entity
 from query_api.search import SearchSyntaxError, compile_query
 from query_api.serialize import event_out
-from storage.read_scope import ReadScope
 from storage.reader import MAX_PAGE, CursorError, EventFilter, View
 
 router = APIRouter(prefix="/v1")
@@ -263,13 +262,12 @@ def entity_changes(
     kind: Annotated[str, Path(description=f"one of {', '.join(ENTITY_KINDS)}")],
     entity_id: Annotated[str, Path(min_length=1, max_length=256)],
     reading: ReadingDep,
-    directory: CurrentDirectory,
     filters: FiltersDep,
     include_total: IncludeTotal = False,
 ) -> Response:
     if kind not in ENTITY_KINDS:
         raise _bad(f"unknown entity kind {kind[:64]!r}; expected one of {', '.join(ENTITY_KINDS)}")
-    if not may_read_entity(reading.scope, directory, kind, entity_id):
+    if not may_read_entity(reading.scope, kind, entity_id):
         raise reading.deny(
             f"you may not read the change log of this {kind}",
             {"view": "entity", "entity": f"{kind}/{entity_id}"},
@@ -479,12 +477,16 @@ def me(caller: CurrentCaller, scope: Scope, directory: CurrentDirectory) -> Resp
     return _json(
         {
             "user_id": caller.user_id,
+            "infrastructure": caller.infrastructure,
+            "key_id": caller.key_id,
             "name": user.name if user else None,
             "can_ingest": caller.can_ingest,
+            "can_publish_directory": caller.can_publish_directory,
             "manage_infrastructure": scope.infra,
             "manage_all_teams": scope.all_teams,
             "managed_teams": sorted(scope.teams),
             "list_all_applications": scope.all_apps,
             "listed_applications": sorted(scope.apps),
+            "readable_deployment_plans": sorted(scope.plans),
         }
     )

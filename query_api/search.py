@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from producers.contract import ENTITY_KINDS
+from producers.contract.event import ENTITY_KINDS
 from storage.reader import SearchClause
 
 MAX_QUERY_LENGTH = 2000

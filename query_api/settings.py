@@ -21,8 +21,11 @@ class ApiSettings(BaseSettings):
         default="store",
         description="where POST /v1/events goes: straight to the store, or to audit.raw (AUDITLOG_KAFKA_*)",
     )
-    infrastructure: str = Field(
-        default="default", description="infrastructure id recorded on audit-log reads"
+    session_idle_seconds: float = Field(
+        default=30 * 60, gt=0, description="a viewer session ends after this long without a request"
+    )
+    session_absolute_seconds: float = Field(
+        default=12 * 3600, gt=0, description="a viewer session ends this long after sign-in, whatever happens"
     )
     audit_reads: bool = Field(default=True, description="record every read of the audit log as an event")
     export_chunk_rows: int = Field(default=5_000, ge=100, le=200_000, description="rows per export query")

@@ -1,10 +1,13 @@
 """The audit log viewer: server-rendered pages over the same scoped reader as the API.
 
-Sign-in stores the API key in an HttpOnly, SameSite=Strict cookie (`SESSION_COOKIE`),
-so the JSON/CSV export endpoints can authenticate the browser with the same
-cookie. Every page resolves the caller exactly as the API does (KeyCache ->
-`Caller` -> `scope_for`) and reads only through `services.store.reader` with
-that scope: the viewer can never show a row the global log would hide.
+Sign-in checks an API key and opens a server-side session (`query_api.sessions`);
+the HttpOnly, SameSite=Strict cookie (`SESSION_COOKIE`) holds only the session's
+random id, so the JSON/CSV export endpoints can authenticate the browser with it
+and the key never reaches the browser's storage. Sign-out is a POST carrying the
+session's CSRF token and ends the session on the server. Every page resolves the
+caller exactly as the API does (session -> key -> `Caller` -> `scope_for`) and
+reads only through `services.store.reader` with that scope: the viewer can never
+show a row the global log would hide.
 """
 
 from __future__ import annotations
@@ -26,26 +29,31 @@ from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from producers.contract import ENTITY_KINDS
-from producers.directory import Directory
+from producers.contract.directory import Directory
+from producers.contract.event import ENTITY_KINDS
+from producers.contract.permissions import (
+    Caller,
+    ReadScope,
+    may_read_activity_log,
+    may_read_entity,
+    scope_for,
+)
 
 # Re-exported: one cookie name for the viewer and the API's cookie authentication.
 from query_api.deps import SESSION_COOKIE as SESSION_COOKIE
-from query_api.deps import Services, ServicesDep, caller_from_key
-from query_api.permissions import Caller, may_read_activity_log, may_read_entity, scope_for
+from query_api.deps import Services, ServicesDep, caller_from_session
 from query_api.routes import Reading
 from query_api.search import QUALIFIERS, SearchSyntaxError, Term, Text, compile_query, parse
 from query_api.serialize import event_out
-from storage.read_scope import ReadScope
+from query_api.sessions import csrf_ok
 from storage.reader import CursorError, EventFilter, View
+from storage.store import hash_key
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_PATH = "/ui/static"
 
 PAGE_SIZES = (25, 50, 100, 200)
-SESSION_SECONDS = 12 * 3600
-MAX_KEY_LENGTH = 512
 MAX_LOGIN_BODY = 8 * 1024
 # Each cursor is ~100 characters; past this the oldest "Newer" steps are forgotten
 # so that the URL stays well under common proxy limits.
@@ -124,6 +132,9 @@ class Session:
     scope: ReadScope
     base: str
     """root_path of the app, prefixed to every link."""
+    session_id: str
+    csrf_token: str
+    """Posted back by the sign-out form: a cross-site request cannot know it."""
 
     @property
     def display_name(self) -> str:
@@ -162,22 +173,21 @@ def _login_redirect(request: Request, *, clear: bool) -> HTTPException:
     return HTTPException(status.HTTP_303_SEE_OTHER, detail="sign in first", headers=headers)
 
 
-def _caller_for_key(services: Services, key: str | None) -> Caller | None:
-    if not key or len(key) > MAX_KEY_LENGTH:
-        return None
-    # The API's own resolution, as for a cookie there: a browser session never ingests.
-    return caller_from_key(services, key, via_cookie=True)
-
-
 def get_session(request: Request, services: ServicesDep) -> Session:
     """The signed-in caller, resolved through the same key lookup and scoping as the API."""
-    key = request.cookies.get(SESSION_COOKIE)
-    caller = _caller_for_key(services, key)
-    if caller is None:
-        raise _login_redirect(request, clear=key is not None)
-    directory = services.directory.get()
+    session_id = request.cookies.get(SESSION_COOKIE)
+    signed_in = caller_from_session(services, session_id)
+    if signed_in is None:
+        raise _login_redirect(request, clear=session_id is not None)
+    server_session, caller = signed_in
+    directories = services.directory.get()
     return Session(
-        caller=caller, directory=directory, scope=scope_for(caller, directory), base=_base(request)
+        caller=caller,
+        directory=directories.get(caller.infrastructure) or Directory(infrastructure=caller.infrastructure),
+        scope=scope_for(caller, directories),
+        base=_base(request),
+        session_id=server_session.id,
+        csrf_token=server_session.csrf_token,
     )
 
 
@@ -334,7 +344,7 @@ def _utc_text(iso: str) -> str:
 def _row(event: dict[str, Any], session: Session) -> dict[str, Any]:
     base = session.base
     actor, target = event["actor"], event["target"]
-    readable_target = may_read_entity(session.scope, session.directory, target["kind"], target["id"])
+    readable_target = may_read_entity(session.scope, target["kind"], target["id"])
     return {
         "id": event["event_id"],
         "href": event_href(base, event["event_id"]),
@@ -496,7 +506,7 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
 
 @router.get("/login", name="ui-login")
 def login_form(request: Request, services: ServicesDep, next: str | None = None) -> Response:
-    if _caller_for_key(services, request.cookies.get(SESSION_COOKIE)) is not None:
+    if caller_from_session(services, request.cookies.get(SESSION_COOKIE)) is not None:
         return RedirectResponse(_safe_next(request, next), status_code=status.HTTP_303_SEE_OTHER)
     return _render(request, "login.html", {"title": "Sign in", "next": next or "", "error": None})
 
@@ -515,8 +525,8 @@ async def login(request: Request, services: ServicesDep) -> Response:
         fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     key = (fields.get("api_key") or [""])[0].strip()
     target = (fields.get("next") or [""])[0]
-    caller = await run_in_threadpool(_caller_for_key, services, key)
-    if caller is None:
+    found = await run_in_threadpool(services.keys.lookup, key)
+    if found is None:
         message = "Paste an API key." if not key else "That API key is not valid, or it was revoked."
         return _render(
             request,
@@ -524,11 +534,12 @@ async def login(request: Request, services: ServicesDep) -> Response:
             {"title": "Sign in", "next": target, "error": message},
             status_code=status.HTTP_401_UNAUTHORIZED,
         )
+    session = services.sessions.create(hash_key(key))
     response = RedirectResponse(_safe_next(request, target), status_code=status.HTTP_303_SEE_OTHER)
     response.set_cookie(
         SESSION_COOKIE,
-        key,
-        max_age=SESSION_SECONDS,
+        session.id,
+        max_age=int(services.settings.session_absolute_seconds),
         path=_cookie_path(request),
         httponly=True,
         samesite="strict",
@@ -537,8 +548,20 @@ async def login(request: Request, services: ServicesDep) -> Response:
     return response
 
 
-@router.api_route("/logout", methods=["GET", "POST"])
-def logout(request: Request) -> Response:
+@router.post("/logout")
+async def logout(request: Request, services: ServicesDep) -> Response:
+    """Ends the session on the server. Only a same-site form carrying the session's CSRF token
+    may: a link or a form on another site cannot sign anyone out."""
+    session = services.sessions.get(request.cookies.get(SESSION_COOKIE))
+    if session is not None:
+        body = await request.body()
+        fields = parse_qs(body[:MAX_LOGIN_BODY].decode("utf-8", "replace")) if body else {}
+        token = (fields.get("csrf_token") or [""])[0]
+        if not _same_origin(request) or not csrf_ok(session, token):
+            return _problem(
+                request, None, 403, "Sign-out refused", "The sign-out request did not come from this viewer."
+            )
+        services.sessions.end(session.id)
     response = RedirectResponse(_base(request) + "/ui/login", status_code=status.HTTP_303_SEE_OTHER)
     response.delete_cookie(
         SESSION_COOKIE,
@@ -594,7 +617,7 @@ def entity_changes(
 ) -> Response:
     if kind not in ENTITY_KINDS or not entity_id or len(entity_id) > 256:
         return _problem(request, session, 404, "Not found", "There is no such entity.")
-    if not may_read_entity(session.scope, session.directory, kind, entity_id):
+    if not may_read_entity(session.scope, kind, entity_id):
         return _problem(
             request,
             session,
@@ -640,7 +663,7 @@ def event_detail(event_id: str, request: Request, session: CurrentSession, servi
             "id": r["id"],
             "name": r["name"] or r["id"],
             "href": entity_href(base, r["kind"], r["id"])
-            if may_read_entity(session.scope, session.directory, r["kind"], r["id"])
+            if may_read_entity(session.scope, r["kind"], r["id"])
             else None,
         }
         for r in event["related"]
@@ -661,7 +684,7 @@ def event_detail(event_id: str, request: Request, session: CurrentSession, servi
             "id": team_id,
             "name": session.directory.display_name("team", team_id) or team_id,
             "href": entity_href(base, "team", team_id)
-            if may_read_entity(session.scope, session.directory, "team", team_id)
+            if may_read_entity(session.scope, "team", team_id)
             else None,
         }
     context = {
@@ -681,7 +704,7 @@ def event_detail(event_id: str, request: Request, session: CurrentSession, servi
                 "id": a,
                 "name": session.directory.display_name("application", a) or a,
                 "href": entity_href(base, "application", a)
-                if may_read_entity(session.scope, session.directory, "application", a)
+                if may_read_entity(session.scope, "application", a)
                 else None,
             }
             for a in event["enrichment"]["plan_application_ids"]

@@ -14,7 +14,7 @@ Cluster (`cluster=NAME`), every statement `ON CLUSTER NAME`:
 * The materialized view that fills the entity index reads each shard's
   `audit_events_local` and writes that shard's `audit_entity_index_local`: an
   event's entity rows live on the event's shard, written in the same insert.
-* The small tables the API reads on every request (`directory_snapshots`,
+* The small tables the API reads on every request (`directory_entities`,
   `api_keys`, `schema_migrations`) are replicated to *every* node (one
   ZooKeeper path without `{shard}`, so `{replica}` must be unique cluster-wide):
   lookups stay local, never fan out.
@@ -66,7 +66,7 @@ PLACEMENT: Final[dict[str, str | None]] = {
     "audit_events": _EVENT_KEY,
     "audit_entity_index": _EVENT_KEY,  # filled on the event's shard by the view
     "dead_letters": "rand()",
-    "directory_snapshots": None,
+    "directory_entities": None,
     "api_keys": None,
     "schema_migrations": None,
 }

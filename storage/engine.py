@@ -10,7 +10,10 @@ speak JSONEachRow in and out, and raise `StoreError` carrying the server's code.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
@@ -35,6 +38,60 @@ class StoreError(RuntimeError):
         match = _CODE_RE.search(text)
         code = int(match.group(1)) if match else getattr(exc, "code", None)
         return cls(text.strip().splitlines()[0][:2000] if text else type(exc).__name__, code)
+
+
+class StoreLocked(StoreError):
+    """The chDB data folder is open in another process (chDB opens a folder in one process only)."""
+
+    def __init__(self, path: str, pid: int | None, command: str) -> None:
+        self.path, self.pid, self.command = path, pid, command
+        holder = f"process {pid}" + (f" ({command})" if command else "") if pid else "another process"
+        super().__init__(f"store {path} is open in {holder}")
+
+
+# Folders this process holds: chDB lets one process open a folder more than once.
+_HELD: dict[str, list[int]] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _lock_folder(path: str) -> str:
+    """Hold an exclusive lock on the data folder while this process has it open, or say who holds it.
+
+    chDB itself only answers `Error initializing EmbeddedServer: . (BAD_ARGUMENTS)`; the lock
+    file names the process, so that a command can tell the operator what to do.
+    """
+    real = os.path.realpath(path)
+    with _HELD_LOCK:
+        held = _HELD.get(real)
+        if held is not None:
+            held[1] += 1
+            return real
+        fd = os.open(os.path.join(real, ".auditlog.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid_text, _, command = os.pread(fd, 4096, 0).decode(errors="replace").partition("\n")
+            finally:
+                os.close(fd)
+            pid = int(pid_text) if pid_text.strip().isdigit() else None
+            raise StoreLocked(path, pid, command.strip()) from None
+        os.ftruncate(fd, 0)
+        command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:2]]) if sys.argv else ""
+        os.pwrite(fd, f"{os.getpid()}\n{command}\n".encode(), 0)
+        _HELD[real] = [fd, 1]
+        return real
+
+
+def _unlock_folder(real: str) -> None:
+    with _HELD_LOCK:
+        held = _HELD.get(real)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            os.close(held[0])
+            del _HELD[real]
 
 
 class Engine(Protocol):
@@ -90,9 +147,11 @@ class ChdbEngine:
 
         self._format = format_bind_value
         self._path = path
+        self._held: str | None = _lock_folder(path)
         try:
             self._conn = chdb.connect(path)  # type: ignore[no-untyped-call]
         except Exception as exc:
+            _unlock_folder(self._held)
             raise StoreError.from_exception(exc) from None
         # chDB's connection is not safe for concurrent use; the API serves from a thread pool.
         self._lock = threading.RLock()
@@ -150,6 +209,9 @@ class ChdbEngine:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._held is not None:
+                _unlock_folder(self._held)
+                self._held = None
 
 
 class ServerEngine:

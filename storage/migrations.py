@@ -70,6 +70,45 @@ _ENTITY_INDEX_VIEW = (
     + "\n"
 )
 
+# The directory as last-writer-wins entity snapshots, one directory per infrastructure.
+_DIRECTORY_ENTITIES = """
+CREATE TABLE IF NOT EXISTS {db}.directory_entities (
+    infrastructure String,
+    kind LowCardinality(String),
+    id String,
+    version UInt64,
+    deleted UInt8,
+    entity String
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (infrastructure, kind, id)
+"""
+# API keys are stored as SHA-256 digests only; a change (revocation) is a newer row.
+# `expires_at` 0 means the key does not expire.
+_API_KEYS = """
+CREATE TABLE IF NOT EXISTS {db}.api_keys (
+    key_hash FixedString(64),
+    key_prefix String,
+    infrastructure String,
+    user_id String,
+    label String,
+    can_ingest UInt8,
+    can_publish_directory UInt8,
+    revoked UInt8,
+    created_at DateTime64(3, 'UTC'),
+    expires_at DateTime64(3, 'UTC'),
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY key_hash
+"""
+# The one infrastructure a store made before several were served held rows of, or ''.
+_SOLE_INFRASTRUCTURE = (
+    "(SELECT if(count() = 1, any(id), '') FROM (SELECT id FROM {db}.directory_snapshots "
+    "WHERE kind = 'infrastructure' GROUP BY id HAVING argMax(deleted, version) = 0))"
+)
+_SYNC = " SETTINGS mutations_sync = 2"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -123,33 +162,8 @@ ORDER BY received_at
         3,
         "directory_and_keys",
         (
-            # The directory as last-writer-wins entity snapshots, for the query service.
-            """
-CREATE TABLE IF NOT EXISTS {db}.directory_snapshots (
-    kind LowCardinality(String),
-    id String,
-    version UInt64,
-    deleted UInt8,
-    entity String
-)
-ENGINE = ReplacingMergeTree(version)
-ORDER BY (kind, id)
-""",
-            # API keys are stored as SHA-256 digests only; a revoked key gets a newer row.
-            """
-CREATE TABLE IF NOT EXISTS {db}.api_keys (
-    key_hash FixedString(64),
-    key_prefix String,
-    user_id String,
-    label String,
-    can_ingest UInt8,
-    revoked UInt8,
-    created_at DateTime64(3, 'UTC'),
-    version UInt64
-)
-ENGINE = ReplacingMergeTree(version)
-ORDER BY key_hash
-""",
+            _DIRECTORY_ENTITIES,
+            _API_KEYS,
         ),
     ),
     Migration(
@@ -171,6 +185,51 @@ ORDER BY key_hash
             _ENTITY_INDEX_VIEW,
             "DROP VIEW IF EXISTS {db}.audit_entity_log_mv",
             "DROP TABLE IF EXISTS {db}.audit_entity_log",
+        ),
+        upgrade_only=True,
+    ),
+    Migration(
+        5,
+        "scope_resolved_at_read",
+        (
+            # Stores made before this migration: a plan's rows carried the tokens of the
+            # applications the plan had at ingest (read_scope / scope_multi), and the
+            # directory and keys knew one infrastructure. Rows now carry one token each
+            # (`plan:<id>` for plans), resolved against the current directory at read
+            # time; directories and keys belong to an infrastructure. Writers must be
+            # stopped while this runs (`auditlog migrate`); on a store migrated from
+            # scratch every statement is a no-op. Every step can run again after a crash.
+            _DIRECTORY_ENTITIES,
+            """
+CREATE TABLE IF NOT EXISTS {db}.directory_snapshots
+(kind LowCardinality(String), id String, version UInt64, deleted UInt8, entity String)
+ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
+""",
+            "INSERT INTO {db}.directory_entities (infrastructure, kind, id, version, deleted, entity) "
+            f"SELECT {_SOLE_INFRASTRUCTURE} AS infrastructure, kind, id, version, deleted, entity "
+            "FROM {db}.directory_snapshots",
+            "ALTER TABLE {db}.api_keys ADD COLUMN IF NOT EXISTS infrastructure String AFTER key_prefix",
+            "ALTER TABLE {db}.api_keys ADD COLUMN IF NOT EXISTS can_publish_directory UInt8 AFTER can_ingest",
+            "ALTER TABLE {db}.api_keys "
+            "ADD COLUMN IF NOT EXISTS expires_at DateTime64(3, 'UTC') AFTER created_at",
+            "ALTER TABLE {db}.api_keys UPDATE infrastructure = "
+            + _SOLE_INFRASTRUCTURE
+            + " WHERE infrastructure = ''"
+            + _SYNC,
+            "DROP TABLE IF EXISTS {db}.directory_snapshots",
+            "ALTER TABLE {db}.audit_events UPDATE scope_key = concat('plan:', target_id) "
+            "WHERE target_kind = 'deployment_plan' AND NOT startsWith(scope_key, 'plan:')" + _SYNC,
+            # The view's text names a dropped column: it is recreated once both tables match,
+            # and the index's rows of plan events are rebuilt from the events.
+            "DROP VIEW IF EXISTS {db}.audit_entity_index_mv",
+            "ALTER TABLE {db}.audit_events DROP COLUMN IF EXISTS read_scope" + _SYNC,
+            "ALTER TABLE {db}.audit_events DROP COLUMN IF EXISTS scope_multi" + _SYNC,
+            "ALTER TABLE {db}.audit_entity_index DROP COLUMN IF EXISTS scope_multi" + _SYNC,
+            "ALTER TABLE {db}.audit_entity_index DELETE WHERE target_kind = 'deployment_plan'" + _SYNC,
+            "INSERT INTO {db}.audit_entity_index\n"
+            + _ENTITY_INDEX_SELECT
+            + "\nWHERE target_kind = 'deployment_plan'",
+            _ENTITY_INDEX_VIEW,
         ),
         upgrade_only=True,
     ),

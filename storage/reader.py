@@ -17,10 +17,11 @@ from uuid import UUID
 
 import orjson
 
+from producers.contract.permissions import ReadScope
 from storage.engine import Engine
 from storage.migrations import check_identifier
-from storage.read_scope import ReadScope
 from storage.record import PUBLIC_COLUMNS, entity_key
+from storage.scope_predicate import scope_predicate
 
 MAX_PAGE = 1000
 _FACET_COLUMNS = frozenset({"action", "actor_id", "target_kind", "environment", "outcome", "infrastructure"})
@@ -140,9 +141,7 @@ class _Where:
 
 
 def _where(view: View, flt: EventFilter, scope: ReadScope) -> _Where:
-    if not isinstance(scope, ReadScope):
-        raise TypeError("every read needs a ReadScope from query_api.permissions.scope_for")
-    scope_sql, params = scope.predicate()
+    scope_sql, params = scope_predicate(scope)
     keys: list[str] = []
     rows: list[str] = []
     if view.kind == "activity":

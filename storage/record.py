@@ -40,12 +40,10 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("correlation_id", "String"),
     ("plan_app_ids", "Array(String)"),
     ("app_team_id", "String"),
-    ("read_scope", "Array(String)"),
-    # read_scope split for speed: most rows need one token, read as a LowCardinality key
-    # and matched against the caller's token set on its dictionary; the few rows that need
-    # several (deployment plans) keep them in scope_multi, empty everywhere else.
+    # The row's read-scope token (producers.contract.permissions.row_token): what it is
+    # about, resolved against the current directory when read. LowCardinality: matched
+    # against the caller's token set once per dictionary entry.
     ("scope_key", "LowCardinality(String)"),
-    ("scope_multi", "Array(String)"),
     ("ingest_source", "LowCardinality(String)"),
     ("kafka_topic", "LowCardinality(String)"),
     ("kafka_partition", "Int32"),
@@ -56,9 +54,7 @@ COLUMN_NAMES: Final[tuple[str, ...]] = tuple(name for name, _ in COLUMNS)
 
 # Columns returned by the API; lineage and scope stay internal.
 PUBLIC_COLUMNS: Final[tuple[str, ...]] = tuple(
-    c
-    for c in COLUMN_NAMES
-    if c not in {"read_scope", "scope_key", "scope_multi", "kafka_topic", "kafka_partition", "kafka_offset"}
+    c for c in COLUMN_NAMES if c not in {"scope_key", "kafka_topic", "kafka_partition", "kafka_offset"}
 )
 
 # What a change log is looked up by: the row's key, its scope and the columns the
@@ -70,7 +66,6 @@ KEY_COLUMNS: Final[tuple[str, ...]] = (
     "occurred_at",
     "event_id",
     "scope_key",
-    "scope_multi",
     "actor_id",
     "action",
     "target_kind",

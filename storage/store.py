@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import orjson
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producers.directory import Directory, DirectorySnapshot, assemble_directory
+from producers.contract.directory import Directories, Directory, DirectorySnapshot
 from storage.engine import ChdbEngine, Engine, ServerEngine
 from storage.migrations import check_identifier, migrate
 from storage.reader import EventReader
 from storage.writer import EventWriter
+
+log = logging.getLogger("auditlog.store")
 
 
 class StoreSettings(BaseSettings):
@@ -35,16 +39,55 @@ class StoreSettings(BaseSettings):
     insert_chunk_rows: int = Field(default=50_000, ge=1)
 
 
+MAX_KEY_LENGTH: Final = 128
+"""Longer bearer tokens are refused before any lookup: ours are 47 characters."""
+
+
 @dataclass(frozen=True)
 class ApiKey:
+    """A key as stored (never the key itself). `key_id` is public: it names the key in lists,
+    revocations and the provenance of what it ingested, and cannot be turned back into it."""
+
+    key_id: str
+    prefix: str
+    infrastructure: str
     user_id: str
     label: str
     can_ingest: bool
+    can_publish_directory: bool
+    created_at_ms: int
+    expires_at_ms: int | None
+    revoked: bool
+
+    def usable(self, now_ms: int) -> bool:
+        return not self.revoked and (self.expires_at_ms is None or now_ms < self.expires_at_ms)
+
+    def to_public(self) -> dict[str, object]:
+        return {
+            "key_id": self.key_id,
+            "prefix": self.prefix,
+            "infrastructure": self.infrastructure,
+            "user_id": self.user_id,
+            "label": self.label,
+            "can_ingest": self.can_ingest,
+            "can_publish_directory": self.can_publish_directory,
+            "created_at": _iso(self.created_at_ms),
+            "expires_at": _iso(self.expires_at_ms) if self.expires_at_ms is not None else None,
+            "revoked": self.revoked,
+        }
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def hash_key(key: str) -> str:
     # Keys are 256-bit random tokens, so a plain SHA-256 is not brute-forceable.
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id_of(key_hash: str) -> str:
+    return key_hash[:16]
 
 
 class DirectoryRepository:
@@ -58,6 +101,7 @@ class DirectoryRepository:
         data = b"\n".join(
             orjson.dumps(
                 {
+                    "infrastructure": s.infrastructure,
                     "kind": s.kind,
                     "id": s.id,
                     "version": version,
@@ -68,30 +112,45 @@ class DirectoryRepository:
             for s in snapshots
         )
         self._engine.insert_json(
-            f"{self._db}.directory_snapshots",
-            columns=("kind", "id", "version", "deleted", "entity"),
+            f"{self._db}.directory_entities",
+            columns=("infrastructure", "kind", "id", "version", "deleted", "entity"),
             data=data,
         )
 
     def replace(self, directory: Directory) -> None:
-        """Store `directory` as the whole truth: entities it lacks are tombstoned."""
-        current = self.load()
+        """Store `directory` as the whole truth of its infrastructure: entities it lacks are tombstoned."""
+        current = self.load().get(directory.infrastructure) or Directory()
         wanted = {s.key: s for s in directory.snapshots()}
-        gone = [DirectorySnapshot(kind=s.kind, id=s.id) for s in current.snapshots() if s.key not in wanted]
+        gone = [s.model_copy(update={"entity": None}) for s in current.snapshots() if s.key not in wanted]
         self.save(list(wanted.values()) + gone, version=time.time_ns())
 
-    def load(self) -> Directory:
+    def load(self) -> Directories:
         rows = self._engine.query(
-            f"SELECT kind, id, argMax(entity, version) AS entity, argMax(deleted, version) AS deleted "
-            f"FROM {self._db}.directory_snapshots GROUP BY kind, id ORDER BY kind, id"
+            f"SELECT infrastructure, kind, id, argMax(entity, version) AS entity, "
+            f"argMax(deleted, version) AS deleted, max(version) AS newest "
+            f"FROM {self._db}.directory_entities GROUP BY infrastructure, kind, id "
+            f"ORDER BY infrastructure, kind, id"
         )
-        snaps = [
-            DirectorySnapshot(kind=r["kind"], id=r["id"], entity=orjson.loads(r["entity"]))
-            for r in rows
-            if not int(r["deleted"])
-        ]
+        snaps = []
+        for r in rows:
+            if int(r["deleted"]):
+                continue
+            if not r["infrastructure"]:
+                log.warning(
+                    "directory: %s/%s belongs to no infrastructure; reload its directory", r["kind"], r["id"]
+                )
+                continue
+            snaps.append(
+                DirectorySnapshot(
+                    infrastructure=r["infrastructure"],
+                    kind=r["kind"],
+                    id=r["id"],
+                    entity=orjson.loads(r["entity"]),
+                )
+            )
+        version = max((int(r["newest"]) for r in rows), default=0)
         # Snapshots saved by a worker follow a topic's order: tolerate dangling references.
-        return assemble_directory(snaps)
+        return Directories.assemble(snaps, version=version)
 
 
 class KeyRepository:
@@ -99,33 +158,111 @@ class KeyRepository:
         self._engine = engine
         self._db = database
 
-    def create(self, *, user_id: str, label: str = "", can_ingest: bool = False) -> str:
-        """A new key for `user_id`. The key itself is returned once and never stored."""
+    def create(
+        self,
+        *,
+        infrastructure: str,
+        user_id: str,
+        label: str = "",
+        can_ingest: bool = False,
+        can_publish_directory: bool = False,
+        expires_at_ms: int | None = None,
+    ) -> tuple[str, ApiKey]:
+        """A new key. The key itself is returned once and never stored."""
         key = "alk_" + secrets.token_urlsafe(32)
+        digest = hash_key(key)
+        created = ApiKey(
+            key_id=key_id_of(digest),
+            prefix=key[:8],
+            infrastructure=infrastructure,
+            user_id=user_id,
+            label=label,
+            can_ingest=can_ingest,
+            can_publish_directory=can_publish_directory,
+            created_at_ms=int(time.time() * 1000),
+            expires_at_ms=expires_at_ms,
+            revoked=False,
+        )
+        self._write(digest, created)
+        return key, created
+
+    def _write(self, digest: str, k: ApiKey) -> None:
         row = {
-            "key_hash": hash_key(key),
-            "key_prefix": key[:8],
-            "user_id": user_id,
-            "label": label,
-            "can_ingest": int(can_ingest),
-            "revoked": 0,
-            "created_at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "key_hash": digest,
+            "key_prefix": k.prefix,
+            "infrastructure": k.infrastructure,
+            "user_id": k.user_id,
+            "label": k.label,
+            "can_ingest": int(k.can_ingest),
+            "can_publish_directory": int(k.can_publish_directory),
+            "revoked": int(k.revoked),
+            "created_at": k.created_at_ms / 1000,
+            "expires_at": (k.expires_at_ms or 0) / 1000,
             "version": time.time_ns(),
         }
         self._engine.insert_json(f"{self._db}.api_keys", columns=tuple(row), data=orjson.dumps(row))
-        return key
+
+    _SELECT = (
+        "SELECT key_hash, argMax(key_prefix, version) AS key_prefix, "
+        "argMax(infrastructure, version) AS infrastructure, argMax(user_id, version) AS user_id, "
+        "argMax(label, version) AS label, argMax(can_ingest, version) AS can_ingest, "
+        "argMax(can_publish_directory, version) AS can_publish_directory, "
+        "argMax(revoked, version) AS revoked, "
+        "toUnixTimestamp64Milli(argMax(created_at, version)) AS created_ms, "
+        "toUnixTimestamp64Milli(argMax(expires_at, version)) AS expires_ms "
+    )
+
+    @staticmethod
+    def _key(r: dict[str, object]) -> ApiKey:
+        expires = int(str(r["expires_ms"]))
+        return ApiKey(
+            key_id=key_id_of(str(r["key_hash"])),
+            prefix=str(r["key_prefix"]),
+            infrastructure=str(r["infrastructure"]),
+            user_id=str(r["user_id"]),
+            label=str(r["label"]),
+            can_ingest=bool(int(str(r["can_ingest"]))),
+            can_publish_directory=bool(int(str(r["can_publish_directory"]))),
+            created_at_ms=int(str(r["created_ms"])),
+            expires_at_ms=expires or None,
+            revoked=bool(int(str(r["revoked"]))),
+        )
+
+    def _find(self, where: str, params: dict[str, object]) -> list[tuple[str, ApiKey]]:
+        rows = self._engine.query(
+            f"{self._SELECT} FROM {self._db}.api_keys WHERE {where} "
+            "GROUP BY key_hash ORDER BY created_ms, key_hash",
+            params=params,
+        )
+        return [(str(r["key_hash"]), self._key(r)) for r in rows]
 
     def lookup(self, key: str) -> ApiKey | None:
-        rows = self._engine.query(
-            f"SELECT argMax(user_id, version) AS user_id, argMax(label, version) AS label, "
-            f"argMax(can_ingest, version) AS can_ingest, argMax(revoked, version) AS revoked "
-            f"FROM {self._db}.api_keys WHERE key_hash = {{h:String}} GROUP BY key_hash",
-            params={"h": hash_key(key)},
-        )
-        if not rows or int(rows[0]["revoked"]):
+        """The key's record if it exists, whatever its state (the caller checks `usable`)."""
+        if not key or len(key) > MAX_KEY_LENGTH:
             return None
-        r = rows[0]
-        return ApiKey(user_id=r["user_id"], label=r["label"], can_ingest=bool(int(r["can_ingest"])))
+        return self.lookup_hash(hash_key(key))
+
+    def lookup_hash(self, key_hash: str) -> ApiKey | None:
+        found = self._find("key_hash = {h:String}", {"h": key_hash})
+        return found[0][1] if found else None
+
+    def list(self, *, infrastructure: str | None = None) -> list[ApiKey]:
+        if infrastructure is None:
+            return [k for _, k in self._find("1", {})]
+        return [k for _, k in self._find("1", {}) if k.infrastructure == infrastructure]
+
+    def revoke(self, key_id: str, *, infrastructure: str | None = None) -> ApiKey | None:
+        """Revoke the key named `key_id` (of `infrastructure`, when given); None if there is none."""
+        if len(key_id) != 16 or any(c not in "0123456789abcdef" for c in key_id):
+            return None
+        found = self._find("startsWith(key_hash, {kid:String})", {"kid": key_id})
+        for digest, k in found:
+            if infrastructure is not None and k.infrastructure != infrastructure:
+                continue
+            revoked = replace(k, revoked=True)
+            self._write(digest, revoked)
+            return revoked
+        return None
 
 
 class Store:

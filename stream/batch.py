@@ -25,8 +25,8 @@ from typing import Any, Final
 
 import orjson
 
-from producers.contract import AuditEvent, InvalidEvent, parse_event
-from producers.directory import Directory
+from producers.contract.directory import Directories
+from producers.contract.event import AuditEvent, InvalidEvent, parse_event
 from producers.envelope import (
     ENVELOPE_CONTENT_TYPE,
     EVENT_CONTENT_TYPE,
@@ -36,7 +36,7 @@ from producers.envelope import (
 )
 from storage.record import Row
 from storage.writer import DeadLetter
-from stream.steps import Lineage, enrich, ms_to_ch_time, normalize
+from stream.steps import Lineage, directory_for, enrich, ms_to_ch_time, normalize
 
 # A message this large is refused before decoding: JSON parsing it would hold
 # several times its size in memory, and no honest producer sends one (the SDK's
@@ -160,7 +160,7 @@ def wire_event(event: AuditEvent, row: Row, lineage: Lineage) -> dict[str, Any]:
 
 def process_batch(
     messages: Sequence[RawMessage],
-    directory: Directory,
+    directories: Directories,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> BatchOutcome:
@@ -199,6 +199,7 @@ def process_batch(
         for index, item in enumerate(items):
             try:
                 event = normalize(parse_event(item))
+                directory = directory_for(event, directories)
             except InvalidEvent as exc:
                 if single:
                     reject(message, exc.reason, value)

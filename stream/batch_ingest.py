@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from producers.contract import InvalidEvent, parse_event
-from producers.directory import Directory
+from producers.contract.directory import Directories
+from producers.contract.event import InvalidEvent, parse_event
 from storage.store import Store
 from storage.writer import DeadLetter
 from stream.gc_pause import gc_paused
@@ -60,9 +60,9 @@ def _payload(item: Any) -> bytes:
 
 
 class BatchIngestor:
-    def __init__(self, store: Store, directory: Callable[[], Directory], *, source: str = "api") -> None:
+    def __init__(self, store: Store, directories: Callable[[], Directories], *, source: str = "api") -> None:
         self._store = store
-        self._directory = directory
+        self._directories = directories
         self._source = source
 
     def ingest(self, items: Sequence[Any], *, received_at_ms: int) -> IngestReport:
@@ -71,13 +71,13 @@ class BatchIngestor:
 
     def _ingest(self, items: Sequence[Any], *, received_at_ms: int) -> IngestReport:
         report = IngestReport(received=len(items))
-        directory = self._directory()
+        directories = self._directories()
         lineage = Lineage(source=self._source, received_at_ms=received_at_ms)
         rows = []
         letters = []
         for index, item in enumerate(items):
             try:
-                rows.append(process(parse_event(item), directory, lineage))
+                rows.append(process(parse_event(item), directories, lineage))
             except InvalidEvent as exc:
                 event_id = item.get("event_id") if isinstance(item, dict) else None
                 report.rejected.append(

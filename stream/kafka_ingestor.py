@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from producers.contract import AuditEvent, InvalidEvent, parse_event
+from producers.contract.event import AuditEvent, InvalidEvent, parse_event
 from producers.publisher import DeliveryError, ProducerSettings, Publisher
 from stream.batch_ingest import Rejection
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from producers.contract import AuditEvent, EntityRef
-from producers.directory import Directory
-from storage.read_scope import row_scope
+from producers.contract.directory import Directories, Directory
+from producers.contract.event import AuditEvent, EntityRef, FieldError, InvalidEvent
+from producers.contract.permissions import row_token
 from storage.record import COLUMN_NAMES, Row, entity_key
 
 # Producers in the wild abbreviate entity kinds; the store speaks one vocabulary.
@@ -114,8 +114,24 @@ def _name(directory: Directory, ref: EntityRef) -> str:
     return directory.display_name(ref.kind, ref.id) or ref.name or ""
 
 
+def directory_for(event: AuditEvent, directories: Directories) -> Directory:
+    """The directory of the event's infrastructure; an infrastructure this installation does
+    not serve is a reject (kept with this reason), never a row nobody's grants were meant for."""
+    directory = directories.get(event.infrastructure)
+    if directory is None:
+        served = ", ".join(directories.served) or "none yet: load a directory first"
+        reason = (
+            f"infrastructure {event.infrastructure!r} is not served by this installation (served: {served})"
+        )
+        raise InvalidEvent(reason, [FieldError(field="infrastructure", problem="is not served here")])
+    return directory
+
+
 def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
-    """A normalized event as a stored row: display names, plan applications, team, read scope."""
+    """A normalized event as a stored row: display names, plan applications, team, read scope.
+
+    `plan_app_ids` and `app_team_id` record the directory at ingest, for reading; what a
+    row requires of a reader is its token alone, resolved against the directory of the day."""
     target = event.target
     plan_apps: list[str] = []
     if target.kind == "deployment_plan":
@@ -127,7 +143,6 @@ def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
             plan_apps = sorted({r.id for r in event.related if r.kind == "application"})
     app_team = directory.application_team(target.id) if target.kind == "application" else None
 
-    scope = row_scope(target.kind, target.id, plan_apps)
     actor = event.actor
     actor_name = (directory.display_name("user", actor.id) if actor.type == "user" else None) or actor.name
     keys = [entity_key(target.kind, target.id)] + [entity_key(r.kind, r.id) for r in event.related]
@@ -164,9 +179,7 @@ def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
         "correlation_id": event.correlation_id or "",
         "plan_app_ids": plan_apps,
         "app_team_id": app_team or "",
-        "read_scope": scope,
-        "scope_key": scope[0] if len(scope) == 1 else "",
-        "scope_multi": scope if len(scope) > 1 else [],
+        "scope_key": row_token(target.kind, target.id),
         "ingest_source": lineage.source,
         "kafka_topic": lineage.topic,
         "kafka_partition": lineage.partition,
@@ -176,6 +189,7 @@ def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
     return row
 
 
-def process(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
-    """normalize then enrich: the whole per-event transformation."""
-    return enrich(normalize(event), directory, lineage)
+def process(event: AuditEvent, directories: Directories, lineage: Lineage) -> Row:
+    """normalize then enrich with the directory of the event's infrastructure."""
+    event = normalize(event)
+    return enrich(event, directory_for(event, directories), lineage)

@@ -28,7 +28,7 @@ error, and `TooManyRejects`, end the process at once with a non-zero code and
 the batch uncommitted. Everything uncommitted is redelivered on restart, and
 the writer's dedupe by event_id makes that exactly-once as seen through the API.
 
-The directory (`audit.directory`, compacted, key "kind/id") is read by every
+The directory (`audit.directory`, compacted, key "infrastructure/kind/id") is read by every
 worker in full, not through the consumer group (which would give each worker
 only some of its partitions): a confluent-kafka consumer assigned to every
 partition from the beginning reads it to the end before the first batch, then
@@ -59,11 +59,10 @@ from confluent_kafka.cimpl import NewTopic
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producers.directory import (
-    Directory,
+from producers.contract.directory import (
+    Directories,
     DirectoryError,
     DirectorySnapshot,
-    assemble_directory,
 )
 from producers.topics import DIRECTORY_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from storage.engine import StoreError
@@ -233,25 +232,19 @@ def ensure_topics(settings: WorkerSettings, *, timeout_s: float = 60.0) -> None:
 # ---------------------------------------------------------------- directory
 
 
-def _entity_map(directory: Directory) -> dict[str, DirectorySnapshot]:
-    return {s.key: s for s in directory.snapshots()}
-
-
-def directory_changes(before: Directory, after: Directory) -> list[DirectorySnapshot]:
+def directory_changes(before: Directories, after: Directories) -> list[DirectorySnapshot]:
     """Snapshots that turn `before` into `after`: changed or new entities, tombstones for removed ones."""
-    old, new = _entity_map(before), _entity_map(after)
+    old = {s.key: s for s in before.snapshots()}
+    new = {s.key: s for s in after.snapshots()}
     changes = [s for k, s in new.items() if old.get(k) != s]
-    changes += [DirectorySnapshot(kind=s.kind, id=s.id) for k, s in old.items() if k not in new]
+    changes += [s.model_copy(update={"entity": None}) for k, s in old.items() if k not in new]
     return changes
 
 
 def parse_directory_record(key: bytes | None, value: bytes | None) -> DirectorySnapshot:
-    """One `audit.directory` record: value = DirectorySnapshot JSON, or null (tombstone of key kind/id)."""
+    """One `audit.directory` record: value = DirectorySnapshot JSON, or null (tombstone of its key)."""
     if value is None:
-        kind, sep, ident = (key or b"").decode("utf-8", errors="replace").partition("/")
-        if not sep or not ident:
-            raise ValueError(f"tombstone with a key that is not kind/id: {key!r}")
-        return DirectorySnapshot.model_validate({"kind": kind, "id": ident, "entity": None})
+        return DirectorySnapshot.tombstone_for_key((key or b"").decode("utf-8", errors="replace"))
     return DirectorySnapshot.model_validate_json(value)
 
 
@@ -263,7 +256,7 @@ class DirectoryFollower:
         self._store = store
         self._topic = settings.directory_topic
         self._latest: dict[str, DirectorySnapshot] = {}
-        self._directory = Directory()
+        self._directories = Directories()
         self._version = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -280,8 +273,8 @@ class DirectoryFollower:
             }
         )
 
-    def current(self) -> Directory:
-        return self._directory
+    def current(self) -> Directories:
+        return self._directories
 
     def _next_version(self) -> int:
         # Later than any version written before, by this worker or by `directory load`.
@@ -307,7 +300,7 @@ class DirectoryFollower:
         try:
             stored = self._store.directory.load()
         except DirectoryError:
-            stored = Directory()
+            stored = Directories()
         # The topic is applied over what the store holds (say, from `auditlog directory load`),
         # so enrichment and permissions see the same directory.
         self._latest = {s.key: s for s in stored.snapshots()}
@@ -320,10 +313,10 @@ class DirectoryFollower:
                 p, offset = msg.partition(), msg.offset()
                 if p in ends and offset is not None and offset + 1 >= ends[p]:
                     del ends[p]
-        directory = assemble_directory(self._latest.values())
-        changes = directory_changes(stored, directory)
+        directories = Directories.assemble(self._latest.values())
+        changes = directory_changes(stored, directories)
         self._store.directory.save(changes, version=self._next_version())
-        self._directory = directory
+        self._directories = directories
         log.info(
             "directory: %d entities (store and %s), %d changes saved to the store",
             len(self._latest),
@@ -363,10 +356,10 @@ class DirectoryFollower:
                     changed = self._take(msg) or changed
                 if not changed:
                     continue
-                directory = assemble_directory(self._latest.values())
-                changes = directory_changes(self._directory, directory)
+                directories = Directories.assemble(self._latest.values())
+                changes = directory_changes(self._directories, directories)
                 self._store.directory.save(changes, version=self._next_version())
-                self._directory = directory
+                self._directories = directories
                 log.info("directory: %d changes applied", len(changes))
             except (StoreError, KafkaException, DirectoryError) as exc:
                 # The in-memory directory stays as it was; the next record retries the save.
@@ -492,9 +485,9 @@ class WorkerRuntime:
             self.counters.first_batch_at = time.time()
         messages = [raw_message(e) for e in events]
         offsets = next_offsets(events)
-        directory = self.directory.current()
+        directories = self.directory.current()
         outcome = await asyncio.to_thread(
-            process_batch, messages, directory, max_message_bytes=self.settings.max_message_bytes
+            process_batch, messages, directories, max_message_bytes=self.settings.max_message_bytes
         )
         self.guard.observe(outcome.verdicts)
         result = await self._write(outcome)

@@ -23,12 +23,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auditlog.embedded import Embedded, build_embedded
-from producers.directory import Directory
+from producers.contract.directory import Directory
 from query_api.settings import ApiSettings
 from storage.store import Store
+from tests.grants import make_key
 
 DIRECTORY = Directory.model_validate(
     {
+        "infrastructure": "infra-1",
         "roles": [
             {
                 "id": "admin",
@@ -99,9 +101,9 @@ def make_api(store: Store, settings: ApiSettings) -> Api:
         embedded=embedded,
         # No lifespan: the read-audit thread does not run; tests that want it flush by hand.
         client=TestClient(embedded.app),
-        admin=store.keys.create(user_id="admin"),
-        viewer=store.keys.create(user_id="viewer"),
-        ingester=store.keys.create(user_id="ingest-bot", can_ingest=True),
+        admin=make_key(store, "admin", infrastructure="infra-1"),
+        viewer=make_key(store, "viewer", infrastructure="infra-1"),
+        ingester=make_key(store, "ingest-bot", infrastructure="infra-1", can_ingest=True),
     )
 
 
@@ -537,9 +539,15 @@ def test_key_without_ingest_right_may_not_post(api: Api) -> None:
         r = api.client.post("/v1/events", content=orjson.dumps([event(0)]), headers=auth(key))
         assert r.status_code == 403, r.text
         assert "ingest" in r.json()["detail"]
-    # The viewer's session cookie never carries the ingest right, even for an ingest key.
+    # The viewer's session never carries the ingest right, even one opened with an ingest key.
+    signed_in = api.client.post(
+        "/ui/login", data={"api_key": api.ingester, "next": ""}, follow_redirects=False
+    )
+    assert signed_in.status_code == 303, signed_in.text
+    session = signed_in.cookies["auditlog_session"]
+    assert api.ingester not in signed_in.headers["set-cookie"]
     r = api.client.post(
-        "/v1/events", content=orjson.dumps([event(0)]), headers={"Cookie": f"auditlog_key={api.ingester}"}
+        "/v1/events", content=orjson.dumps([event(0)]), headers={"Cookie": f"auditlog_session={session}"}
     )
     assert r.status_code == 403, r.text
     assert api.count() == 0
@@ -548,7 +556,7 @@ def test_key_without_ingest_right_may_not_post(api: Api) -> None:
 
 def test_key_of_a_user_the_directory_does_not_know_reads_nothing(api: Api) -> None:
     assert api.post([event(0), event(1, target={"kind": "role", "id": "r"})]).status_code == 200
-    stranger = api.store.keys.create(user_id="nobody")
+    stranger = make_key(api.store, "nobody", infrastructure="infra-1")
     assert ids(api.get("/v1/events", stranger)) == set()
     assert api.get("/v1/users/u-plain/activity", stranger).status_code == 403
     assert api.get("/v1/entities/application/a0/changes", stranger).status_code == 403
@@ -592,8 +600,9 @@ class Stored:
 
 def hostile_events() -> tuple[list[dict[str, Any]], list[Stored]]:
     wire, stored = [], []
-    # Every hostile value as actor, environment, infrastructure, target and related user id;
-    # plus two plain events, one of them on a0 (the only application the viewer may list).
+    # Every hostile value as actor, environment, target and related user id (an infrastructure
+    # must be one this installation serves: see the test below); plus two plain events, one of
+    # them on a0 (the only application the viewer may list).
     plain_targets = {"u-plain": "a0", "u-other": "a1"}
     for n, value in enumerate([*HOSTILE, *plain_targets]):
         target = plain_targets.get(value, value)
@@ -602,13 +611,26 @@ def hostile_events() -> tuple[list[dict[str, Any]], list[Stored]]:
             n,
             actor={"id": value},
             environment=value,
-            infrastructure=value,
             target={"kind": "application", "id": target},
             related=[{"kind": k, "id": i} for k, i in related],
         )
         wire.append(ev)
-        stored.append(Stored(ev["event_id"], value, value, value, "application", target, related))
+        stored.append(Stored(ev["event_id"], value, value, "infra-1", "application", target, related))
     return wire, stored
+
+
+def test_events_of_an_infrastructure_not_served_are_dead_lettered_with_the_reason(api: Api) -> None:
+    wire = [event(n, infrastructure=value) for n, value in enumerate(HOSTILE)] + [event(99)]
+    r = api.post(wire)
+    assert r.status_code == 207, r.text
+    body = r.json()
+    assert body["stored"] == 1 and len(body["rejected"]) == len(HOSTILE)
+    assert all(
+        "is not served by this installation (served: infra-1)" in x["reason"] for x in body["rejected"]
+    )
+    kept = api.dead_letters()
+    assert len(kept) == len(HOSTILE)
+    assert {orjson.loads(k["payload"])["infrastructure"] for k in kept} == set(HOSTILE)
 
 
 def test_hostile_strings_in_every_filter_are_plain_values(api: Api) -> None:
@@ -626,7 +648,7 @@ def test_hostile_strings_in_every_filter_are_plain_values(api: Api) -> None:
     # Values round-trip byte for byte.
     for s in stored:
         body = api.get(f"/v1/events/{s.event_id}").json()
-        assert (body["actor"]["id"], body["environment"], body["infrastructure"]) == (s.actor,) * 3
+        assert (body["actor"]["id"], body["environment"]) == (s.actor,) * 2
         assert body["target"]["id"] == s.target
 
     for value in HOSTILE:
@@ -696,7 +718,7 @@ def test_hostile_strings_in_every_filter_are_plain_values(api: Api) -> None:
 
 def test_hostile_reads_are_audited_intact(store: Store) -> None:
     """Reads are recorded as events: hostile query values must not break that record."""
-    api = make_api(store, ApiSettings(audit_reads=True, infrastructure="infra-1"))
+    api = make_api(store, ApiSettings(audit_reads=True))
     auditor = api.embedded.services.auditor
     assert auditor is not None
     assert api.post([event(0)]).status_code == 200

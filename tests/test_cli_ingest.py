@@ -23,7 +23,17 @@ def test_ingest_file_reports_bad_lines_and_keeps_them(tmp_path: Path) -> None:
     path = tmp_path / "events.ndjson"
     path.write_bytes(orjson.dumps(GOOD) + b"\n\nnot json\n" + orjson.dumps({"schema_version": 2}) + b"\n")
     store = tmp_path / "store"
-    # A subprocess: chDB opens one data folder per process, and this one already has the suite's.
+    directory = tmp_path / "directory.yaml"
+    directory.write_text("infrastructure: acme\nusers: [{id: u-1, name: One}]\n")
+    # Subprocesses: chDB opens one data folder per process, and this one already has the suite's.
+    loaded = subprocess.run(
+        [sys.executable, "-m", "auditlog.cli", "directory", "load", "--store", str(store), str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert "directory of 'acme' loaded" in loaded.stdout
     run = subprocess.run(
         [sys.executable, "-m", "auditlog.cli", "ingest", "--store", str(store), str(path)],
         capture_output=True,

@@ -46,9 +46,9 @@ from stream.worker_app import WorkerSettings
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 CLUSTER = "audit"
-TABLES = ("audit_events", "audit_entity_index", "dead_letters", "directory_snapshots", "api_keys")
+TABLES = ("audit_events", "audit_entity_index", "dead_letters", "directory_entities", "api_keys")
 SHARDED = ("audit_events", "audit_entity_index", "dead_letters")
-EVERY_NODE = ("directory_snapshots", "api_keys", "schema_migrations")
+EVERY_NODE = ("directory_entities", "api_keys", "schema_migrations")
 
 
 def _db() -> str:
@@ -130,7 +130,7 @@ def test_cluster_ddl_has_replicated_local_tables_distributed_tables_and_a_local_
         assert "'/clickhouse/tables/all/{database}/{table}', '{replica}'" in formatted[table]
         assert f"{table}_local" not in by_table
     # ReplacingMergeTree(version) keeps its version column once replicated.
-    assert "'{replica}', version)" in formatted["directory_snapshots"]
+    assert "'{replica}', version)" in formatted["directory_entities"]
     view = by_table["audit_entity_index_mv"]
     assert view.kind == "view"
     assert "TO auditlog.audit_entity_index_local" in formatted[view.table]

@@ -17,6 +17,7 @@ from auditlog.demo_data import (
     ANDREA,
     ANDREA_APPS,
     DEVELOPER,
+    INFRASTRUCTURE_ID,
     NO_ACCESS,
     PERSONAS,
     PRIYA,
@@ -26,9 +27,9 @@ from auditlog.demo_data import (
     build_directory,
     generate_events,
 )
-from producers.contract import ENTITY_KINDS, parse_event
-from producers.directory import Directory
-from query_api.permissions import Caller, scope_for
+from producers.contract.directory import Directories, Directory
+from producers.contract.event import ENTITY_KINDS, parse_event
+from producers.contract.permissions import Caller, ReadScope, scope_for
 from storage.store import Store
 from stream.batch_ingest import BatchIngestor
 from stream.steps import Lineage, process
@@ -69,7 +70,7 @@ def events(directory: Directory) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def rows(directory: Directory, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lineage = Lineage(source="test", received_at_ms=int(END.timestamp() * 1000))
-    return [process(parse_event(e), directory, lineage) for e in events]
+    return [process(parse_event(e), Directories([directory]), lineage) for e in events]
 
 
 def _time(event: dict[str, Any]) -> datetime:
@@ -113,13 +114,16 @@ def test_personas_have_the_intended_grants(directory: Directory) -> None:
     assert directory.roles[directory.users[PRIYA].default_role or ""].name == "Administrator"
     assert [p[0] for p in PERSONAS] == [PRIYA, TOMAS, ANDREA]
 
-    andrea_scope = scope_for(Caller(ANDREA), directory)
+    def caller(user_id: str) -> ReadScope:
+        return scope_for(Caller(user_id=user_id, infrastructure=INFRASTRUCTURE_ID), Directories([directory]))
+
+    andrea_scope = caller(ANDREA)
     assert andrea_scope.apps == frozenset(ANDREA_APPS)
     assert not (andrea_scope.infra or andrea_scope.all_apps or andrea_scope.all_teams or andrea_scope.teams)
-    tomas_scope = scope_for(Caller(TOMAS), directory)
+    tomas_scope = caller(TOMAS)
     assert tomas_scope.teams == frozenset(TOMAS_TEAMS) and not tomas_scope.infra
     assert tomas_scope.apps == {a.id for a in directory.applications.values() if a.team in TOMAS_TEAMS}
-    assert scope_for(Caller(PRIYA), directory).sees_everything
+    assert caller(PRIYA).sees_everything
 
 
 def test_directory_is_deterministic() -> None:
@@ -264,8 +268,10 @@ def test_the_developer_role_has_a_change_log(rows: list[dict[str, Any]]) -> None
 def test_each_persona_sees_a_different_slice(directory: Directory, rows: list[dict[str, Any]]) -> None:
     visible: dict[str, set[str]] = {}
     for user_id, _, _ in PERSONAS:
-        scope = scope_for(Caller(user_id), directory)
-        visible[user_id] = {r["event_id"] for r in rows if scope.allows(r["read_scope"])}
+        scope = scope_for(Caller(user_id=user_id, infrastructure=INFRASTRUCTURE_ID), Directories([directory]))
+        visible[user_id] = {
+            r["event_id"] for r in rows if scope.allows_row(r["infrastructure"], r["scope_key"])
+        }
     everything = {r["event_id"] for r in rows}
     assert visible[PRIYA] == everything
     assert 0 < len(visible[ANDREA]) < len(visible[TOMAS]) < len(everything)
@@ -305,6 +311,11 @@ def _run(store: Store, **overrides: Any) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def _loaded(store: Store, infrastructure: str) -> Directory | None:
+    found = store.directory.load().get(infrastructure)
+    return found.model_copy(update={"version": 0}) if found is not None else None
+
+
 def _printed_keys(text: str) -> list[str]:
     return re.findall(r"API key[^:]*: (alk_\S+)", text)
 
@@ -313,7 +324,7 @@ def test_run_demo_seeds_then_reuses(store: Store, monkeypatch: pytest.MonkeyPatc
     code, out, err = _run(store)
     assert code == 0, err
     assert store.event_count() == 3000
-    assert store.directory.load().model_copy(update={"version": 0}) == build_directory(SEED)
+    assert _loaded(store, INFRASTRUCTURE_ID) == build_directory(SEED)
     keys = _printed_keys(out)
     assert len(keys) == 3
     found = [store.keys.lookup(k) for k in keys]
@@ -369,7 +380,8 @@ def test_run_demo_resumes_an_interrupted_seeding(store: Store, monkeypatch: pyte
 
 def test_run_demo_refuses_a_store_holding_other_events(store: Store, directory: Directory) -> None:
     event = next(iter(generate_events(directory, count=1, days=1, seed=99, end=END)))
-    report = BatchIngestor(store, lambda: directory, source="test").ingest([event], received_at_ms=0)
+    served = Directories([directory])
+    report = BatchIngestor(store, lambda: served, source="test").ingest([event], received_at_ms=0)
     assert report.stored == 1
     code, _, err = _run(store)
     assert code == 2
@@ -378,10 +390,12 @@ def test_run_demo_refuses_a_store_holding_other_events(store: Store, directory: 
 
 
 def test_run_demo_refuses_a_store_holding_another_directory(store: Store) -> None:
-    other = Directory.model_validate({"users": [{"id": "u-1", "name": "Someone Else"}]})
+    other = Directory.model_validate(
+        {"infrastructure": "globex", "users": [{"id": "u-1", "name": "Someone Else"}]}
+    )
     store.directory.replace(other)
     code, _, err = _run(store)
     assert code == 2
     assert "not demo data" in err
-    assert store.directory.load().model_copy(update={"version": 0}) == other
+    assert _loaded(store, "globex") == other
     assert store.event_count() == 0

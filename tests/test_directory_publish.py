@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from auditlog.cli import main
-from producers.directory import DirectorySnapshot, assemble_directory, load_directory
+from producers.contract.directory import DirectorySnapshot, assemble_directory, load_directory
 from stream.worker_app import parse_directory_record
 
 DIRECTORY_YAML = """
@@ -31,7 +31,8 @@ def test_directory_file_round_trips_through_the_topic(
     path.write_text(DIRECTORY_YAML)
     topic = f"{kafka_topic_prefix}.directory"
     monkeypatch.setenv("AUDITLOG_KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
-    assert main(["directory", "publish", str(path), "--topic", topic, "--remove", "application/gone"]) == 0
+    args = ["directory", "publish", str(path), "--infrastructure", "acme", "--topic", topic]
+    assert main([*args, "--remove", "application/gone"]) == 0
     consumer = Consumer(
         {
             "bootstrap.servers": kafka_bootstrap,
@@ -50,8 +51,10 @@ def test_directory_file_round_trips_through_the_topic(
             continue
         snaps.append(parse_directory_record(msg.key(), msg.value()))
     consumer.close()
-    assert sum(1 for s in snaps if s.entity is None) >= 1  # the tombstone
+    tombstones = [s for s in snaps if s.entity is None]
+    assert [s.key for s in tombstones] == ["acme/application/gone"]
+    assert {s.infrastructure for s in snaps} == {"acme"}
     rebuilt = assemble_directory(snaps)
-    expected = load_directory(path)
+    expected = load_directory(path, infrastructure="acme")
     assert rebuilt.users == expected.users and rebuilt.roles == expected.roles
     assert rebuilt.applications == expected.applications

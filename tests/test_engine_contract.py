@@ -19,17 +19,15 @@ from typing import Any
 
 import pytest
 
-from producers.contract import parse_event
-from producers.directory import Directory
+from producers.contract.event import parse_event
 from query_api.search import compile_query
 from storage.engine import Engine, ServerEngine, StoreError
-from storage.read_scope import ReadScope
 from storage.reader import EventFilter, View
 from storage.store import Store
 from stream.steps import Lineage, process
+from tests.grants import ALL, scope, served
 
-ALL = ReadScope(infra=True, all_apps=True, apps=frozenset(), all_teams=True, teams=frozenset())
-DEV = ReadScope(infra=False, all_apps=False, apps=frozenset({"app-1"}), all_teams=False, teams=frozenset())
+DEV = scope(apps=["app-1"])
 BASE = datetime(2026, 9, 1, tzinfo=UTC)
 
 
@@ -89,7 +87,7 @@ def _event(i: int, **over: Any) -> dict[str, Any]:
 
 
 def _load(store: Store, events: list[dict[str, Any]]) -> None:
-    store.writer.write([process(parse_event(e), Directory(), Lineage("test", 0)) for e in events])
+    store.writer.write([process(parse_event(e), served(), Lineage("test", 0)) for e in events])
 
 
 def _ids(page_items: list[dict[str, Any]]) -> list[int]:

@@ -11,21 +11,19 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from producers.contract import parse_event
-from producers.directory import Directory
+from producers.contract.event import parse_event
+from producers.contract.permissions import ReadScope
 from storage.engine import Engine
 from storage.migrations import MIGRATIONS, migrate
-from storage.read_scope import ReadScope
 from storage.reader import EventFilter, View
 from storage.record import COLUMN_NAMES, COLUMNS
 from storage.store import Store
 from storage.writer import EventWriter
 from stream.steps import Lineage, process
+from tests.grants import ALL, served
+from tests.grants import scope as grants_scope
 
-ALL = ReadScope(infra=True, all_apps=True, apps=frozenset(), all_teams=True, teams=frozenset())
-ONE_APP = ReadScope(
-    infra=False, all_apps=False, apps=frozenset({"app-1"}), all_teams=False, teams=frozenset()
-)
+ONE_APP = grants_scope(apps=["app-1"])
 START = datetime(2026, 3, 1, tzinfo=UTC)
 
 
@@ -74,7 +72,7 @@ def _events(n: int) -> list[dict[str, Any]]:
 
 def _rows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lineage = Lineage(source="test", received_at_ms=1_790_000_000_000)
-    return [process(parse_event(e), Directory(), lineage) for e in events]
+    return [process(parse_event(e), served(), lineage) for e in events]
 
 
 def _all_pages(store: Store, scope: ReadScope, view: View, flt: EventFilter, limit: int = 7) -> list[str]:
@@ -175,7 +173,7 @@ def test_migration_4_converts_a_store_made_by_the_old_migration_1(chdb_engine: E
                 f"INSERT INTO {db}.schema_migrations (version, name) VALUES ({m.version}, '{m.name}')"
             )
 
-    assert migrate(chdb_engine, db) == [4]
+    assert migrate(chdb_engine, db) == [4, 5]
     store = Store(chdb_engine, database=db)
     tables = {
         r["name"]

@@ -16,12 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auditlog.embedded import build_embedded
-from producers.directory import Directory
+from producers.contract.directory import Directory
 from query_api.settings import ApiSettings
 from storage.store import Store
+from tests.grants import make_key
 
 DIRECTORY = Directory.model_validate(
     {
+        "infrastructure": "acme",
         "roles": [
             {
                 "id": "admin",
@@ -48,7 +50,7 @@ def _seed_sql(store: Store, n: int) -> None:
         INSERT INTO {store.database}.audit_events
             (event_id, schema_version, occurred_at, received_at, infrastructure, environment, actor_id,
              actor_name, actor_type, action, target_kind, target_id, target_name, entity_keys, outcome,
-             reason, changes, details, source_service, read_scope, scope_key, scope_multi, ingest_source)
+             reason, changes, details, source_service, scope_key, ingest_source)
         SELECT
             generateUUIDv4(number), 1,
             fromUnixTimestamp64Milli(toInt64(1790000000000 - number * 7919), 'UTC'),
@@ -65,8 +67,7 @@ def _seed_sql(store: Store, n: int) -> None:
             '[{{"field":"version","new":"2","old":"1"}}]',
             '{{"note":"row, with a comma; and \\\\"quotes\\\\""}}',
             'lifetime',
-            if(number % 3 = 2, ['infra'], [concat('app:app-', toString(number % 20))]) AS scope,
-            scope[1], [], 'synthetic'
+            if(number % 3 = 2, 'infra', concat('app:app-', toString(number % 20))), 'synthetic'
         FROM numbers({{n:UInt64}})
         """,
         params={"n": n},
@@ -75,8 +76,8 @@ def _seed_sql(store: Store, n: int) -> None:
 
 def _client(store: Store, **settings: Any) -> tuple[TestClient, dict[str, str], dict[str, str], Any]:
     embedded = build_embedded(store, api_settings=ApiSettings(**settings), directory=DIRECTORY)
-    admin = {"Authorization": "Bearer " + store.keys.create(user_id="u-admin")}
-    dev = {"Authorization": "Bearer " + store.keys.create(user_id="u-dev")}
+    admin = {"Authorization": "Bearer " + make_key(store, "u-admin")}
+    dev = {"Authorization": "Bearer " + make_key(store, "u-dev")}
     return TestClient(embedded.app), admin, dev, embedded
 
 
@@ -192,7 +193,7 @@ def test_facets_and_total_are_in_scope(store: Store) -> None:
 
 
 def test_every_read_is_recorded_and_visible_to_infrastructure_managers(store: Store) -> None:
-    client, admin, dev, embedded = _client(store, infrastructure="acme")
+    client, admin, dev, embedded = _client(store)
     client.get("/v1/events?q=action:role.*", headers=dev)
     client.get("/v1/events/export?format=ndjson", headers=dev)
     client.get(f"/v1/events/{uuid.uuid4()}", headers=dev)

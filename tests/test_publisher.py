@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic, TopicPartition
 
 from auditlog.cli import main as cli_main
-from producers.contract import InvalidEvent
+from producers.contract.event import InvalidEvent
 from producers.envelope import (
     CONTENT_TYPE_HEADER,
     ENVELOPE_CONTENT_TYPE,

@@ -11,16 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producers.contract import parse_event
-from producers.directory import Directory
+from producers.contract.event import parse_event
+from producers.contract.permissions import ReadScope
 from query_api.search import SearchSyntaxError, compile_query, parse, parse_time, tokenize
-from storage.read_scope import ReadScope
 from storage.reader import EventFilter, View
 from storage.store import Store
 from stream.steps import Lineage, process
+from tests.grants import ALL, scope, served
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-ALL = ReadScope(infra=True, all_apps=True, apps=frozenset(), all_teams=True, teams=frozenset())
 
 
 def test_tokenize_keeps_quoted_runs() -> None:
@@ -160,7 +159,7 @@ def test_queries_against_the_store(store: Store) -> None:
         ),
     ]
     lineage = Lineage(source="test", received_at_ms=0)
-    store.writer.write([process(parse_event(e), Directory(), lineage) for e in events])
+    store.writer.write([process(parse_event(e), served(), lineage) for e in events])
     assert _ids(store, "") == [0, 1, 2, 3, 4, 20]
     assert _ids(store, "action:role.*") == [2]
     assert _ids(store, "action:role.*,team.*") == [2, 4]
@@ -179,9 +178,7 @@ def test_queries_against_the_store(store: Store) -> None:
     assert _ids(store, "before:-3d -kind:team") == [20]
     assert _ids(store, "after:-5d before:-1d outcome:success") == [2, 4]  # before is exclusive
     # The same query through a narrower scope never widens it.
-    dev = ReadScope(
-        infra=False, all_apps=False, apps=frozenset({"app-billing"}), all_teams=False, teams=frozenset()
-    )
+    dev = scope(apps=["app-billing"])
     assert _ids(store, "", dev) == [0, 1, 3, 20]
     assert _ids(store, "kind:role", dev) == []
     assert _ids(store, "-kind:application", dev) == []
@@ -229,35 +226,33 @@ def test_a_query_never_returns_a_row_outside_the_scope(
             ),
             _ev(3, target={"kind": "application", "id": "app-other"}, outcome="denied"),
         ]
-        store.writer.write([process(parse_event(e), Directory(), Lineage("t", 0)) for e in events])
-    scope = ReadScope(
-        infra=infra, all_apps=False, apps=frozenset(apps), all_teams=False, teams=frozenset(teams)
-    )
+        store.writer.write([process(parse_event(e), served(), Lineage("t", 0)) for e in events])
+    caller = scope(infra=infra, apps=apps, manage_teams=teams)
     scoped = store.reader.page(
-        scope=scope, view=View(), filters=EventFilter(search=compile_query(q, now=NOW)), limit=1000
+        scope=caller, view=View(), filters=EventFilter(search=compile_query(q, now=NOW)), limit=1000
     )
     for row in scoped.items:
-        assert scope.allows(row["read_scope"] if "read_scope" in row else _scope_of(store, row["event_id"]))
+        assert caller.allows(_scope_of(store, row["event_id"]))
     # And the scoped result is exactly the unscoped result filtered by the rule.
     everything = store.reader.page(
         scope=ALL, view=View(), filters=EventFilter(search=compile_query(q, now=NOW)), limit=1000
     )
-    expected = {r["event_id"] for r in everything.items if scope.allows(_scope_of(store, r["event_id"]))}
+    expected = {r["event_id"] for r in everything.items if caller.allows(_scope_of(store, r["event_id"]))}
     assert {r["event_id"] for r in scoped.items} == expected
 
 
-def _scope_of(store: Store, event_id: str) -> list[str]:
+def _scope_of(store: Store, event_id: str) -> str:
     rows = store.engine.query(
-        f"SELECT read_scope FROM {store.database}.audit_events WHERE event_id = toUUID({{e:String}})",
+        f"SELECT scope_key FROM {store.database}.audit_events WHERE event_id = toUUID({{e:String}})",
         params={"e": event_id},
     )
-    scope: list[str] = rows[0]["read_scope"]
-    return scope
+    token: str = rows[0]["scope_key"]
+    return token
 
 
 def test_relative_time_queries_page_across_requests(store: Store) -> None:
     events = [_ev(i) for i in range(30)]
-    store.writer.write([process(parse_event(e), Directory(), Lineage("t", 0)) for e in events])
+    store.writer.write([process(parse_event(e), served(), Lineage("t", 0)) for e in events])
     first = store.reader.page(
         scope=ALL, view=View(), filters=EventFilter(search=compile_query("after:-60d", now=NOW)), limit=10
     )

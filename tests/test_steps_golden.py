@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from producers.contract import parse_event
-from producers.directory import Directory, load_directory
+from producers.contract.directory import Directories, Directory, load_directory
+from producers.contract.event import InvalidEvent, parse_event
 from stream.steps import Lineage, canonical_action, normalize, process
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -22,7 +22,8 @@ LINEAGE = Lineage(source="kafka", received_at_ms=1_790_000_000_123, topic="audit
 
 def _run(directory: Directory) -> bytes:
     lines = (GOLDEN / "events_in.ndjson").read_bytes().splitlines()
-    rows = [process(parse_event(orjson.loads(line)), directory, LINEAGE) for line in lines if line.strip()]
+    served = Directories([directory])
+    rows = [process(parse_event(orjson.loads(line)), served, LINEAGE) for line in lines if line.strip()]
     return b"".join(orjson.dumps(r) + b"\n" for r in rows)
 
 
@@ -38,7 +39,8 @@ def test_replay_gives_identical_rows() -> None:
     directory = load_directory(GOLDEN / "directory.yaml")
     assert _run(directory) == _run(directory)
     # A directory rebuilt from its own snapshots enriches identically.
-    assert _run(Directory.from_snapshots(directory.snapshots())) == _run(directory)
+    rebuilt = Directory.from_snapshots(directory.snapshots(), infrastructure=directory.infrastructure)
+    assert _run(rebuilt) == _run(directory)
 
 
 def test_normalize_is_idempotent() -> None:
@@ -71,7 +73,7 @@ def test_enrichment_details() -> None:
     lines = (GOLDEN / "events_in.ndjson").read_bytes().splitlines()
     rows = {
         r["event_id"][-1]: r
-        for r in (process(parse_event(orjson.loads(x)), directory, LINEAGE) for x in lines)
+        for r in (process(parse_event(orjson.loads(x)), Directories([directory]), LINEAGE) for x in lines)
     }
     deploy = rows["1"]
     assert deploy["occurred_at"] == "2026-10-01 06:15:30.123"  # +02:00 to UTC, truncated to ms
@@ -80,18 +82,28 @@ def test_enrichment_details() -> None:
     assert deploy["app_team_id"] == "t-payments"
     assert deploy["related_ids"] == ["env-prod"]  # duplicates and the target itself removed
     assert deploy["environment"] == "env-prod"
-    assert deploy["read_scope"] == ["app:app-billing"]
-    # A plan known to the directory needs List on every one of its applications.
+    assert deploy["scope_key"] == "app:app-billing"
+    # A plan's row names the plan: what it requires is resolved against the directory when read.
+    # Its applications at ingest are kept for reading, from the directory when it knows the plan...
     assert rows["2"]["plan_app_ids"] == ["app-billing", "app-ledger"]
-    assert rows["2"]["read_scope"] == ["app:app-billing", "app:app-ledger"]
-    # A plan the directory does not know yet: its related applications stand in.
-    assert rows["3"]["read_scope"] == ["app:app-billing", "app:app-x"]
-    # An empty plan needs Manage Infrastructure and Users.
-    assert rows["4"]["read_scope"] == ["infra"]
-    assert rows["5"]["read_scope"] == ["team:t-payments"]
+    assert rows["2"]["scope_key"] == "plan:plan-q4"
+    # ... or, for a plan the directory does not know yet, from the event's related applications.
+    assert rows["3"]["plan_app_ids"] == ["app-billing", "app-x"]
+    assert rows["4"]["scope_key"] == "plan:plan-empty"
+    assert rows["5"]["scope_key"] == "team:t-payments"
     for key in "6789":
-        assert rows[key]["read_scope"] == ["infra"]
+        assert rows[key]["scope_key"] == "infra"
     assert rows["7"]["actor_ip"] == "10.0.0.1"  # IPv4-mapped IPv6 shown as IPv4
     assert rows["a"]["actor_name"] == "Former Employee"  # unknown to the directory: the event's name
     assert rows["a"]["target_name"] == "Retired App"
     assert rows["1"]["received_at"] == "2026-09-21 14:13:20.123"
+
+
+def test_an_infrastructure_not_served_is_a_reject() -> None:
+    directory = load_directory(GOLDEN / "directory.yaml")
+    line = (GOLDEN / "events_in.ndjson").read_bytes().splitlines()[0]
+    event = parse_event({**orjson.loads(line), "infrastructure": "globex-other-tenant"})
+    with pytest.raises(InvalidEvent, match="'globex-other-tenant' is not served by this installation") as err:
+        process(event, Directories([directory]), LINEAGE)
+    assert "served: acme" in err.value.reason
+    assert [e.field for e in err.value.errors] == ["infrastructure"]

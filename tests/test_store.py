@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
-from producers.contract import parse_event
-from producers.directory import Directory
+from producers.contract.directory import Directory
+from producers.contract.event import parse_event
+from producers.contract.permissions import ReadScope
 from storage.engine import Engine, StoreError
 from storage.migrations import MIGRATIONS, migrate
-from storage.read_scope import NO_ACCESS, ReadScope
 from storage.reader import EventFilter, View
 from storage.record import COLUMNS
 from storage.store import Store
 from stream.steps import Lineage, process
+from tests.grants import ALL, NOBODY, make_key, scope, served
 
-ALL = ReadScope(infra=True, all_apps=True, apps=frozenset(), all_teams=True, teams=frozenset())
 LINEAGE = Lineage(source="test", received_at_ms=1_790_000_000_000)
 
 
@@ -37,7 +37,7 @@ def _event(
 
 
 def _rows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [process(parse_event(e), Directory(), LINEAGE) for e in events]
+    return [process(parse_event(e), served(), LINEAGE) for e in events]
 
 
 def test_migrations_are_versioned_and_idempotent(chdb_engine: Engine) -> None:
@@ -133,11 +133,9 @@ def test_views_and_filters(store: Store) -> None:
     assert ids(flt=EventFilter(since_ms=int((base + timedelta(minutes=30)).timestamp() * 1000))) == [3, 2]
     assert ids(flt=EventFilter(until_ms=int((base + timedelta(minutes=30)).timestamp() * 1000))) == [1]
     # Row rules: List on app-1 shows the application row only; the team row needs team rights.
-    dev = ReadScope(
-        infra=False, all_apps=False, apps=frozenset({"app-1"}), all_teams=False, teams=frozenset()
-    )
-    assert ids(scope=dev) == [1]
-    assert ids(scope=NO_ACCESS) == []
+    assert ids(scope=scope(apps=["app-1"])) == [1]
+    assert ids(scope=NOBODY) == []
+    assert ids(scope=scope(admin=True, infrastructure="globex")) == []
 
 
 def test_reader_refuses_to_run_without_a_scope(store: Store) -> None:
@@ -154,6 +152,7 @@ def test_store_errors_carry_the_server_code(chdb_engine: Engine) -> None:
 def test_directory_round_trips_through_the_store(store: Store) -> None:
     directory = Directory.model_validate(
         {
+            "infrastructure": "acme",
             "roles": [{"id": "r", "name": "R", "app_level": "list"}],
             "users": [{"id": "u", "name": "U", "default_role": "r"}],
             "applications": [{"id": "a", "name": "A", "team": "t"}],
@@ -161,14 +160,22 @@ def test_directory_round_trips_through_the_store(store: Store) -> None:
         }
     )
     store.directory.replace(directory)
-    assert store.directory.load().model_dump(exclude={"version"}) == directory.model_dump(exclude={"version"})
-    smaller = Directory.model_validate({"roles": [{"id": "r", "name": "R"}]})
+    loaded = store.directory.load().get("acme")
+    assert loaded is not None
+    assert loaded.model_dump(exclude={"version"}) == directory.model_dump(exclude={"version"})
+    # Another infrastructure's directory is its own: replacing one leaves the other.
+    other = Directory.model_validate({"infrastructure": "globex", "users": [{"id": "u", "name": "Globex U"}]})
+    store.directory.replace(other)
+    smaller = Directory.model_validate({"infrastructure": "acme", "roles": [{"id": "r", "name": "R"}]})
     store.directory.replace(smaller)
-    assert store.directory.load().users == {}
+    both = store.directory.load()
+    assert both.served == ("acme", "globex")
+    assert both.get("acme").users == {}  # type: ignore[union-attr]
+    assert both.get("globex").users["u"].name == "Globex U"  # type: ignore[union-attr]
 
 
 def test_api_keys_are_stored_hashed(store: Store) -> None:
-    key = store.keys.create(user_id="u-1", label="ci")
+    key = make_key(store, "u-1", label="ci")
     found = store.keys.lookup(key)
     assert found is not None and found.user_id == "u-1"
     assert store.keys.lookup(key + "x") is None

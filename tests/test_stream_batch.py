@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from producers.directory import Directory, load_directory
+from producers.contract.directory import Directories, load_directory
 from producers.envelope import ENVELOPE_CONTENT_TYPE, EVENT_CONTENT_TYPE, encode_envelope
 from stream.batch import (
     BatchOutcome,
@@ -33,8 +33,9 @@ TS = 1_790_000_000_123
 
 
 @pytest.fixture(scope="module")
-def directory() -> Directory:
-    return load_directory(GOLDEN / "directory.yaml")
+def directory() -> Directories:
+    """The golden installation: one infrastructure, acme."""
+    return Directories([load_directory(GOLDEN / "directory.yaml")])
 
 
 def golden_events() -> list[dict[str, Any]]:
@@ -95,7 +96,7 @@ def dump(outcome: BatchOutcome) -> bytes:
 # ---------------------------------------------------------------- golden and replay
 
 
-def test_envelope_of_golden_events_gives_the_golden_rows(directory: Directory) -> None:
+def test_envelope_of_golden_events_gives_the_golden_rows(directory: Directories) -> None:
     # The golden rows were made with lineage audit.raw / partition 2 / offset 41 / broker ts TS.
     value = encode_envelope(golden_events())
     message = msg(value, partition=2, offset=41, content_type=ENVELOPE_CONTENT_TYPE)
@@ -108,7 +109,7 @@ def test_envelope_of_golden_events_gives_the_golden_rows(directory: Directory) -
 
 
 def test_single_event_messages_and_envelopes_give_the_same_rows_but_their_own_lineage(
-    directory: Directory,
+    directory: Directories,
 ) -> None:
     events = golden_events()
     singles = [msg(orjson.dumps(e), offset=100 + i) for i, e in enumerate(events)]
@@ -123,7 +124,7 @@ def test_single_event_messages_and_envelopes_give_the_same_rows_but_their_own_li
     assert {r["kafka_offset"] for r in b} == {7}
 
 
-def test_replay_gives_identical_output(directory: Directory) -> None:
+def test_replay_gives_identical_output(directory: Directories) -> None:
     events = golden_events()
     messages = [
         msg(encode_envelope(events[:5]), offset=1),
@@ -134,17 +135,17 @@ def test_replay_gives_identical_output(directory: Directory) -> None:
     first, second = process_batch(messages, directory), process_batch(list(messages), directory)
     assert dump(first) == dump(second)
     # A directory rebuilt from its own snapshots (as the worker does from audit.directory) enriches the same.
-    rebuilt = Directory.from_snapshots(directory.snapshots())
+    rebuilt = Directories.assemble(directory.snapshots())
     assert dump(process_batch(messages, rebuilt)) == dump(first)
 
 
-def test_received_at_is_the_broker_timestamp_not_the_clock(directory: Directory) -> None:
+def test_received_at_is_the_broker_timestamp_not_the_clock(directory: Directories) -> None:
     outcome = process_batch([msg(orjson.dumps(event()), ts=1_700_000_000_007)], directory)
     assert outcome.rows[0]["received_at"] == "2023-11-14 22:13:20.007"
     assert outcome.normalized_events[0]["received_at"] == "2023-11-14T22:13:20.007Z"
 
 
-def test_normalized_event_is_the_api_shape_with_enrichment_and_lineage(directory: Directory) -> None:
+def test_normalized_event_is_the_api_shape_with_enrichment_and_lineage(directory: Directories) -> None:
     raw = event(
         action="App.Deploy",
         actor={"id": "u-andrea", "name": "a"},
@@ -165,7 +166,7 @@ def test_normalized_event_is_the_api_shape_with_enrichment_and_lineage(directory
 # ---------------------------------------------------------------- bad input
 
 
-def test_one_bad_event_in_an_envelope_is_dead_lettered_alone(directory: Directory) -> None:
+def test_one_bad_event_in_an_envelope_is_dead_lettered_alone(directory: Directories) -> None:
     bad = event(2, actor={"id": 42})
     value = encode_envelope([event(1), bad, event(3)])
     outcome = process_batch([msg(value, offset=5, content_type=ENVELOPE_CONTENT_TYPE)], directory)
@@ -180,7 +181,7 @@ def test_one_bad_event_in_an_envelope_is_dead_lettered_alone(directory: Director
     assert (letter.topic, letter.partition, letter.offset, letter.source) == ("audit.raw", 0, 5, "kafka")
 
 
-def test_envelope_of_one_bad_event_keeps_the_event_not_the_envelope(directory: Directory) -> None:
+def test_envelope_of_one_bad_event_keeps_the_event_not_the_envelope(directory: Directories) -> None:
     bad = event(1, schema_version=9)
     value = encode_envelope([bad])
     [dead] = process_batch([msg(value)], directory).dead_letters
@@ -188,7 +189,7 @@ def test_envelope_of_one_bad_event_keeps_the_event_not_the_envelope(directory: D
     assert dead.index == 0
 
 
-def test_a_bad_single_event_message_keeps_its_original_bytes(directory: Directory) -> None:
+def test_a_bad_single_event_message_keeps_its_original_bytes(directory: Directories) -> None:
     value = b'{"schema_version": 1,   "event_id": "nope"}'
     for content_type in (None, EVENT_CONTENT_TYPE):
         [dead] = process_batch([msg(value, content_type=content_type)], directory).dead_letters
@@ -218,7 +219,7 @@ TEN_MB = 10 * 1024 * 1024
     ],
 )
 def test_bad_messages_become_dead_letters_with_a_reason(
-    directory: Directory, value: bytes | None, reason_part: str
+    directory: Directories, value: bytes | None, reason_part: str
 ) -> None:
     good = msg(orjson.dumps(event(1)), offset=1)
     bad = msg(value, offset=2)
@@ -233,19 +234,19 @@ def test_bad_messages_become_dead_letters_with_a_reason(
     assert outcome.events == 3
 
 
-def test_a_large_event_under_the_message_limit_is_judged_by_the_contract(directory: Directory) -> None:
+def test_a_large_event_under_the_message_limit_is_judged_by_the_contract(directory: Directories) -> None:
     value = orjson.dumps(event(details={"blob": "y" * TEN_MB}))
     [dead] = process_batch([msg(value)], directory, max_message_bytes=16 * 1024 * 1024).dead_letters
     assert "details" in dead.reason and "larger than" in dead.reason
     assert dead.payload == value
 
 
-def test_unknown_content_type_is_dead_lettered(directory: Directory) -> None:
+def test_unknown_content_type_is_dead_lettered(directory: Directories) -> None:
     [dead] = process_batch([msg(orjson.dumps(event()), content_type="text/csv")], directory).dead_letters
     assert "content-type" in dead.reason
 
 
-def test_accounting_counts_every_event_once(directory: Directory) -> None:
+def test_accounting_counts_every_event_once(directory: Directories) -> None:
     messages = [
         msg(encode_envelope([event(i) for i in range(10)] + [{"bad": True}]), offset=0),
         msg(b"garbage", offset=1),
@@ -258,7 +259,7 @@ def test_accounting_counts_every_event_once(directory: Directory) -> None:
     assert len(outcome.verdicts) == 13
 
 
-def test_bugs_are_not_dead_lettered(directory: Directory, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bugs_are_not_dead_lettered(directory: Directories, monkeypatch: pytest.MonkeyPatch) -> None:
     # Only typed bad input goes to the DLQ; a failing step must stop the worker instead.
     import stream.batch
 
@@ -314,7 +315,7 @@ def test_guard_run_resets_on_an_accepted_event() -> None:
     assert guard.consecutive_rejects == 0
 
 
-def test_guard_is_fed_by_batch_verdicts(directory: Directory) -> None:
+def test_guard_is_fed_by_batch_verdicts(directory: Directories) -> None:
     guard = RejectGuard(max_ratio=0.2, max_consecutive=1000, min_sample=5, window=100)
     garbage = [msg(b"\x00", offset=i) for i in range(10)]
     with pytest.raises(TooManyRejects):
@@ -337,7 +338,7 @@ def test_guard_is_fed_by_batch_verdicts(directory: Directory) -> None:
     ],
 )
 def test_ocsf_classes(
-    directory: Directory, action: str, target: dict[str, str], class_uid: int, activity_id: int
+    directory: Directories, action: str, target: dict[str, str], class_uid: int, activity_id: int
 ) -> None:
     raw = event(action=action, target=target, outcome="denied", reason="no rights")
     wire = process_batch([msg(orjson.dumps(raw))], directory).normalized_events[0]

@@ -29,11 +29,12 @@ import uvicorn
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from auditlog.embedded import build_embedded
-from producers.directory import Directory
+from producers.contract.directory import Directory
 from query_api.deps import Services
 from query_api.settings import ApiSettings
 from query_api.ui import SESSION_COOKIE
 from storage.store import Store
+from tests.grants import make_key
 
 pytest_plugins = ["tests.ui.plugin"]
 
@@ -258,15 +259,15 @@ class _BackgroundServer:
 
 @pytest.fixture
 def installation(store: Store) -> Iterator[Installation]:
-    embedded = build_embedded(store, directory=DIRECTORY, api_settings=ApiSettings(infrastructure="acme"))
+    embedded = build_embedded(store, directory=DIRECTORY, api_settings=ApiSettings())
     now = datetime.now(UTC).replace(microsecond=0)
     events = [_event(i, now - timedelta(minutes=5 + 97 * i)) for i in range(300)]
     special = _special_events()
     events += list(special.values())
     report = embedded.services.ingestor.ingest(events, received_at_ms=int(time.time() * 1000))
     assert (report.stored, report.rejected) == (len(events), []), report.rejected[:3]
-    admin_key = store.keys.create(user_id="u-admin", label="ui test")
-    dev_key = store.keys.create(user_id="u-dev", label="ui test")
+    admin_key = make_key(store, "u-admin", label="ui test")
+    dev_key = make_key(store, "u-dev", label="ui test")
     with _BackgroundServer(embedded.app) as server:
         inst = Installation(
             base_url=f"http://127.0.0.1:{server.port}",

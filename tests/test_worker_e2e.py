@@ -30,7 +30,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from producers.directory import Directory, DirectorySnapshot
+from producers.contract.directory import Directory, DirectorySnapshot
 from producers.envelope import ENVELOPE_CONTENT_TYPE, encode_envelope
 from producers.publisher import ProducerSettings, Publisher
 from stream.worker_app import WorkerSettings, ensure_topics
@@ -379,6 +379,7 @@ def make_event(
 # The installation of these tests. u-dev can list app-a only (an application role);
 # u-lead manages team t-pay through a team role. Served to the worker on audit.directory.
 DIRECTORY: dict[str, Any] = {
+    "infrastructure": INFRA,
     "roles": [
         {
             "id": "admin",
@@ -416,6 +417,7 @@ def bootstrap_store(store: Path, workdir: Path, users: list[str]) -> dict[str, s
     audit.directory, so what the API enforces proves the topic -> store path.
     """
     bare = {
+        "infrastructure": INFRA,
         "roles": DIRECTORY["roles"],
         "users": [{"id": u["id"], "name": u["name"], "default_role": "none"} for u in DIRECTORY["users"]],
     }
@@ -512,7 +514,9 @@ def test_published_events_reach_the_api_scoped_by_the_directory_topic(
     dev_user = next(u for u in DIRECTORY["users"] if u["id"] == "u-dev")
     granted = {**dev_user, "app_roles": {"app-a": "viewer", "app-b": "viewer"}}
     publish_directory(
-        kafka_bootstrap, topics.directory, [DirectorySnapshot(kind="user", id="u-dev", entity=granted)]
+        kafka_bootstrap,
+        topics.directory,
+        [DirectorySnapshot(infrastructure=INFRA, kind="user", id="u-dev", entity=granted)],
     )
     wait_for("u-dev's new grant", lambda: len(dev.all_events()) == 800, timeout=30)
 

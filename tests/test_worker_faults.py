@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import pytest
 
-from producers.directory import Directory
+from producers.contract.directory import Directory
 from tests.kafka_fixture import BrokerControl
 from tests.test_worker_e2e import (
     DIRECTORY,

@@ -3,13 +3,18 @@
 It is part of the contract because management services publish it (as entity
 snapshots on the compacted topic `audit.directory`) and the pipeline reads it
 twice: to enrich events with display names, and to turn a caller into grants.
-The permission rules themselves live in `query_api.permissions`.
+The permission rules themselves live in `producers.contract.permissions`.
+
+An installation may serve several infrastructures (tenants), each with its own
+directory: entity ids are only unique inside one infrastructure. `Directory` is
+one infrastructure's; `Directories` is the installation's, by infrastructure id,
+and the set of infrastructures it serves.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from enum import IntEnum
 from functools import cached_property
 from pathlib import Path
@@ -136,21 +141,34 @@ _PLURAL = {
 }
 
 
+InfrastructureId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^/\s]+$")]
+
+
 class DirectorySnapshot(BaseModel):
-    """One entity's latest state, as carried on `audit.directory` (key = kind/id).
+    """One entity's latest state, as carried on `audit.directory` (key = infrastructure/kind/id).
 
     `entity` None is a tombstone: the entity was deleted.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    infrastructure: InfrastructureId
     kind: DirectoryKind
     id: str
     entity: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.kind}/{self.id}"
+        return f"{self.infrastructure}/{self.kind}/{self.id}"
+
+    @staticmethod
+    def tombstone_for_key(key: str) -> DirectorySnapshot:
+        """The deletion of `infrastructure/kind/id` (a null record on the compacted topic)."""
+        infrastructure, _, rest = key.partition("/")
+        kind, _, ident = rest.partition("/")
+        if not (infrastructure and kind and ident):
+            raise ValueError(f"directory key {key[:200]!r} is not infrastructure/kind/id")
+        return DirectorySnapshot.model_validate({"infrastructure": infrastructure, "kind": kind, "id": ident})
 
 
 class DirectoryError(ValueError):
@@ -158,10 +176,16 @@ class DirectoryError(ValueError):
 
 
 class Directory(BaseModel):
-    """An immutable view of the directory. Lookups are by id."""
+    """An immutable view of one infrastructure's directory. Lookups are by id.
+
+    `infrastructure` is the id of the infrastructure it belongs to ('' only for the
+    empty directory of an infrastructure nobody loaded). A file may leave it out
+    when it lists exactly one infrastructure entity: that one is meant.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    infrastructure: str = ""
     roles: dict[str, Role] = {}
     users: dict[str, User] = {}
     teams: dict[str, Team] = {}
@@ -178,6 +202,12 @@ class Directory(BaseModel):
         if not isinstance(data, dict):
             return data
         out = dict(data)
+        infras = out.get("infrastructures")
+        if not out.get("infrastructure") and isinstance(infras, list) and len(infras) == 1:
+            only = infras[0]
+            ident = only.get("id") if isinstance(only, dict) else getattr(only, "id", None)
+            if isinstance(ident, str):
+                out["infrastructure"] = ident
         for plural in _PLURAL.values():
             value = out.get(plural)
             if isinstance(value, list):
@@ -230,7 +260,12 @@ class Directory(BaseModel):
         for kind, plural in _PLURAL.items():
             for ident, entity in sorted(getattr(self, plural).items()):
                 out.append(
-                    DirectorySnapshot(kind=kind, id=ident, entity=entity.model_dump(mode="json"))
+                    DirectorySnapshot(
+                        infrastructure=self.infrastructure,
+                        kind=kind,
+                        id=ident,
+                        entity=entity.model_dump(mode="json"),
+                    )
                 )
         return out
 
@@ -248,20 +283,25 @@ class Directory(BaseModel):
                 entity = dict(snap.entity)
                 entity["id"] = snap.id
                 table[snap.id] = entity
+        infrastructure = self.infrastructure or next((s.infrastructure for s in snapshots), "")
+        if any(s.infrastructure != infrastructure for s in snapshots):
+            raise DirectoryError(f"snapshots of another infrastructure applied to {infrastructure!r}")
         try:
-            return Directory.model_validate({**data, "version": self.version + len(snapshots)})
+            return Directory.model_validate(
+                {**data, "infrastructure": infrastructure, "version": self.version + len(snapshots)}
+            )
         except ValidationError as exc:
             raise DirectoryError(str(exc)) from None
 
     @staticmethod
-    def from_snapshots(snapshots: list[DirectorySnapshot]) -> Directory:
-        return Directory().apply(snapshots)
+    def from_snapshots(snapshots: list[DirectorySnapshot], *, infrastructure: str = "") -> Directory:
+        return Directory(infrastructure=infrastructure).apply(snapshots)
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
 
 
-def assemble_directory(snapshots: Iterable[DirectorySnapshot]) -> Directory:
+def assemble_directory(snapshots: Iterable[DirectorySnapshot], *, infrastructure: str = "") -> Directory:
     """A Directory from the latest snapshot per key, tolerant of a stream's order.
 
     On a compacted topic a user may arrive before the role it refers to, or keep
@@ -281,7 +321,7 @@ def assemble_directory(snapshots: Iterable[DirectorySnapshot]) -> Directory:
             continue
         valid.append(snap)
     try:
-        return Directory.from_snapshots(valid)
+        return Directory.from_snapshots(valid, infrastructure=infrastructure)
     except DirectoryError:
         pass
     roles = {s.id for s in valid if s.kind == "role"}
@@ -304,9 +344,9 @@ def assemble_directory(snapshots: Iterable[DirectorySnapshot]) -> Directory:
                 log.warning(
                     "directory: user %s refers to unknown roles %s; ignored", snap.id, sorted(dangling)
                 )
-                snap = DirectorySnapshot(kind="user", id=snap.id, entity=entity)
+                snap = snap.model_copy(update={"entity": entity})
         fixed.append(snap)
-    return Directory.from_snapshots(fixed)
+    return Directory.from_snapshots(fixed, infrastructure=infrastructure)
 
 
 def validate_snapshot(kind: str, entity: dict[str, Any]) -> BaseModel:
@@ -316,8 +356,12 @@ def validate_snapshot(kind: str, entity: dict[str, Any]) -> BaseModel:
     return model.model_validate(entity)
 
 
-def load_directory(path: str | Path) -> Directory:
-    """Load a directory from a JSON or YAML file (lists or id-keyed maps of entities)."""
+def load_directory(path: str | Path, *, infrastructure: str | None = None) -> Directory:
+    """Load one infrastructure's directory from a JSON or YAML file (lists or id-keyed maps).
+
+    The infrastructure is `infrastructure` if given, else the file's `infrastructure`
+    field, else its one `infrastructures` entry; a file that names none is refused.
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -327,7 +371,70 @@ def load_directory(path: str | Path) -> Directory:
         data = orjson.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
         raise DirectoryError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise DirectoryError(f"{p}: a directory file holds a mapping of entity lists")
+    if infrastructure:
+        data = {**data, "infrastructure": infrastructure}
     try:
-        return Directory.model_validate(data or {})
+        directory = Directory.model_validate(data)
     except ValidationError as exc:
         raise DirectoryError(f"{p}: {exc}") from None
+    if not directory.infrastructure:
+        raise DirectoryError(
+            f"{p}: which infrastructure is this directory for? Add 'infrastructure: ID' to the file "
+            "(or list exactly one entry under infrastructures), or pass --infrastructure ID"
+        )
+    return directory
+
+
+class Directories:
+    """The installation's directories, one per infrastructure it serves. Immutable."""
+
+    __slots__ = ("_by_infra", "version")
+
+    def __init__(self, directories: Iterable[Directory] = (), *, version: int = 0) -> None:
+        self._by_infra: dict[str, Directory] = {}
+        for d in directories:
+            if not d.infrastructure:
+                raise DirectoryError("a directory without an infrastructure id cannot be served")
+            self._by_infra[d.infrastructure] = d
+        self.version = version
+
+    def get(self, infrastructure: str) -> Directory | None:
+        return self._by_infra.get(infrastructure)
+
+    def __contains__(self, infrastructure: object) -> bool:
+        return infrastructure in self._by_infra
+
+    def __len__(self) -> int:
+        return len(self._by_infra)
+
+    def __iter__(self) -> Iterator[Directory]:
+        return iter(self._by_infra.values())
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        return tuple(sorted(self._by_infra))
+
+    def only(self) -> Directory | None:
+        """The one directory of a single-infrastructure installation, else None."""
+        return next(iter(self._by_infra.values())) if len(self._by_infra) == 1 else None
+
+    def replaced(self, directory: Directory) -> Directories:
+        """These directories with `directory` as the whole truth for its infrastructure."""
+        others = [d for d in self if d.infrastructure != directory.infrastructure]
+        return Directories([*others, directory], version=self.version + 1)
+
+    def snapshots(self) -> list[DirectorySnapshot]:
+        return [s for d in self for s in d.snapshots()]
+
+    @staticmethod
+    def assemble(snapshots: Iterable[DirectorySnapshot], *, version: int = 0) -> Directories:
+        """Directories from the latest snapshot per key, tolerant of a stream's order."""
+        by_infra: dict[str, list[DirectorySnapshot]] = {}
+        for snap in snapshots:
+            by_infra.setdefault(snap.infrastructure, []).append(snap)
+        return Directories(
+            (assemble_directory(snaps, infrastructure=infra) for infra, snaps in sorted(by_infra.items())),
+            version=version,
+        )
