@@ -271,14 +271,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     directory = load_directory(args.directory) if args.directory else None
     store = _open_store(args)
     ingestor = None
+    directory_publisher = None
     if settings.ingest == "kafka":
         # Kafka mode: POST /v1/events (and the audit of reads) go to audit.raw, so that
-        # workers store them and SIEMs see them on audit.events.v1 like any other event.
+        # workers store them and SIEMs see them on audit.events.v1 like any other event;
+        # PUT /v1/directory goes to audit.directory, which the workers follow.
+        from producers.directory_publisher import snapshot_publisher
         from producers.publisher import ProducerSettings
         from stream.kafka_ingestor import KafkaIngestor
 
         ingestor = KafkaIngestor(ProducerSettings())
-    embedded = build_embedded(store, api_settings=settings, directory=directory, ingestor=ingestor)
+        directory_publisher = snapshot_publisher(ProducerSettings().bootstrap_servers)
+    embedded = build_embedded(
+        store,
+        api_settings=settings,
+        directory=directory,
+        ingestor=ingestor,
+        directory_publisher=directory_publisher,
+    )
     print(
         f"serving on http://{settings.host}:{settings.port}/docs (ingest: {settings.ingest})", file=sys.stderr
     )

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from producers.contract.directory import Directory
 from query_api.app import create_app
-from query_api.deps import DirectorySource, Ingestor, KeyCache, Services
+from query_api.deps import DirectoryPublisher, DirectorySource, Ingestor, KeyCache, Services
 from query_api.read_audit import ReadAuditor
 from query_api.sessions import SessionStore
 from query_api.settings import ApiSettings
@@ -30,11 +30,13 @@ def build_embedded(
     api_settings: ApiSettings | None = None,
     directory: Directory | None = None,
     ingestor: Ingestor | None = None,
+    directory_publisher: DirectoryPublisher | None = None,
 ) -> Embedded:
     """The API over `store`. Ingest (and the audit of reads) goes to the store directly,
-    or through `ingestor` when given (Kafka mode: events then reach audit.raw like any other)."""
+    or through `ingestor` when given (Kafka mode: events then reach audit.raw like any other);
+    directory changes go to `directory_publisher` too when given (audit.directory)."""
     settings = api_settings or ApiSettings()
-    directories = DirectorySource(store)
+    directories = DirectorySource(store, publish=directory_publisher)
     if directory is not None:
         directories.replace(directory)
     if ingestor is None:

@@ -6,6 +6,9 @@ state of every entity, and every worker reads the topic in full at start.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from confluent_kafka import KafkaException, Producer
 
 from producers.contract.directory import Directory, DirectorySnapshot
@@ -43,6 +46,13 @@ def publish_snapshots(
     if left or errors:
         raise KafkaException(f"{left} directory records unacknowledged; errors: {errors[:3]}")
     return len(snapshots)
+
+
+def snapshot_publisher(
+    bootstrap_servers: str, *, topic: str = DIRECTORY_TOPIC
+) -> Callable[[list[DirectorySnapshot]], int]:
+    """`publish_snapshots` bound to a cluster and topic: what a running API publishes changes with."""
+    return functools.partial(publish_snapshots, bootstrap_servers=bootstrap_servers, topic=topic)
 
 
 def publish_directory(

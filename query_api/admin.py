@@ -21,7 +21,14 @@ from starlette.concurrency import run_in_threadpool
 
 from producers.contract.directory import Directory
 from producers.contract.permissions import Caller, may_manage
-from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
+from query_api.deps import (
+    CurrentCaller,
+    CurrentDirectory,
+    DirectoryNotPublished,
+    Scope,
+    Services,
+    ServicesDep,
+)
 from storage.store import ApiKey
 
 router = APIRouter(prefix="/v1", tags=["administration"])
@@ -215,7 +222,13 @@ async def replace_directory(
             status.HTTP_413_CONTENT_TOO_LARGE, detail=f"body larger than {MAX_DIRECTORY_BYTES} bytes"
         )
     directory = _parse_directory(body, request.headers.get("content-type", ""), caller.infrastructure)
-    await run_in_threadpool(services.directory.replace, directory)
+    try:
+        await run_in_threadpool(services.directory.replace, directory)
+    except DirectoryNotPublished as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"the directory topic did not take the change, nothing was changed: {exc}",
+        ) from None
     summary = {
         "infrastructure": directory.infrastructure,
         "users": len(directory.users),

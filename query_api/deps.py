@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from producers.contract.directory import Directories, Directory
+from producers.contract.directory import Directories, Directory, DirectorySnapshot
 from producers.contract.permissions import Caller, ReadScope, scope_for
 from query_api.read_audit import ReadAuditor
 from query_api.sessions import Session, SessionStore
@@ -25,17 +26,27 @@ class Ingestor(Protocol):
     def ingest(self, items: list[Any], *, received_at_ms: int) -> Any: ...
 
 
+DirectoryPublisher = Callable[[list[DirectorySnapshot]], object]
+
+
+class DirectoryNotPublished(RuntimeError):
+    """The directory topic did not take a change (Kafka mode); nothing was changed."""
+
+
 class DirectorySource:
     """The installation's directories as the store holds them, re-read at most every `ttl` seconds.
 
-    In embedded mode this process is the only writer, so `replace` takes effect at once;
-    in Kafka mode the worker saves what it follows on `audit.directory`, and the API
-    sees it within `ttl`.
+    In embedded mode this process is the only writer, so `replace` takes effect at once.
+    In Kafka mode the workers follow `audit.directory` (their enrichment and the store's
+    copy come from it), so `replace` first publishes the change there (`publish`), then
+    saves it for this API at once; the workers save the same snapshots again as they
+    read them, which changes nothing.
     """
 
-    def __init__(self, store: Store, *, ttl: float = 5.0) -> None:
+    def __init__(self, store: Store, *, ttl: float = 5.0, publish: DirectoryPublisher | None = None) -> None:
         self._store = store
         self._ttl = ttl
+        self._publish = publish
         self._lock = threading.Lock()
         self._value: Directories | None = None
         self._loaded_at = 0.0
@@ -50,7 +61,14 @@ class DirectorySource:
     def replace(self, directory: Directory) -> None:
         """`directory` becomes the whole truth of its infrastructure, now."""
         with self._lock:
-            self._store.directory.replace(directory)
+            changes = self._store.directory.changes(directory)
+            if self._publish is not None:
+                try:
+                    self._publish(changes)
+                except Exception as exc:
+                    # Nothing saved: the store must not run ahead of what the workers follow.
+                    raise DirectoryNotPublished(str(exc).splitlines()[0][:500]) from None
+            self._store.directory.save(changes, version=time.time_ns())
             self._value = self._store.directory.load()
             self._loaded_at = time.monotonic()
 

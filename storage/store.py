@@ -117,12 +117,17 @@ class DirectoryRepository:
             data=data,
         )
 
-    def replace(self, directory: Directory) -> None:
-        """Store `directory` as the whole truth of its infrastructure: entities it lacks are tombstoned."""
+    def changes(self, directory: Directory) -> list[DirectorySnapshot]:
+        """What makes `directory` the whole truth of its infrastructure: every entity it holds,
+        and a tombstone for each stored entity it lacks."""
         current = self.load().get(directory.infrastructure) or Directory()
         wanted = {s.key: s for s in directory.snapshots()}
         gone = [s.model_copy(update={"entity": None}) for s in current.snapshots() if s.key not in wanted]
-        self.save(list(wanted.values()) + gone, version=time.time_ns())
+        return list(wanted.values()) + gone
+
+    def replace(self, directory: Directory) -> None:
+        """Store `directory` as the whole truth of its infrastructure: entities it lacks are tombstoned."""
+        self.save(self.changes(directory), version=time.time_ns())
 
     def load(self) -> Directories:
         rows = self._engine.query(

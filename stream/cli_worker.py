@@ -95,6 +95,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         if args.with_api:
             from auditlog.embedded import build_embedded
+            from producers.directory_publisher import snapshot_publisher
             from producers.publisher import ProducerSettings
             from query_api.settings import ApiSettings
             from stream.kafka_ingestor import KafkaIngestor
@@ -111,7 +112,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 }
             )
             ingestor = KafkaIngestor(producer_settings)
-            embedded = build_embedded(runtime.store, api_settings=api_settings, ingestor=ingestor)
+            embedded = build_embedded(
+                runtime.store,
+                api_settings=api_settings,
+                ingestor=ingestor,
+                directory_publisher=snapshot_publisher(
+                    settings.bootstrap_servers, topic=settings.directory_topic
+                ),
+            )
             api = _ApiThread(embedded.app, api_settings.host, api_settings.port)
             api.start()
             log.warning("query API on http://%s:%d/docs", api_settings.host, api_settings.port)
