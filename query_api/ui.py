@@ -370,6 +370,9 @@ def _row(event: dict[str, Any], session: Session) -> dict[str, Any]:
     }
 
 
+_LATEST_AT_MS = int(datetime(2200, 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
 def _int_param(raw: str | None, default: int) -> int:
     if raw is None or not raw.isdigit() or len(raw) > 15:
         return default
@@ -414,7 +417,10 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
     trail = _trail(params.get("trail"))
     # Relative times (after:-7d) are pinned to the first page's clock, or the cursor's
     # query fingerprint would change between pages.
-    at_ms = _int_param(params.get("at"), 0) or int(datetime.now(UTC).timestamp() * 1000)
+    at_ms = _int_param(params.get("at"), 0)
+    if not 0 < at_ms < _LATEST_AT_MS:
+        # Not a clock this viewer wrote (or past any date an event may carry): now.
+        at_ms = int(datetime.now(UTC).timestamp() * 1000)
     now = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
     path = request.url.path
 

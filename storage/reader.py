@@ -110,6 +110,8 @@ class Cursor:
             ts, event_id, fp = orjson.loads(raw)
             if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts < 2**42:
                 raise TypeError
+            if not isinstance(event_id, str) or not isinstance(fp, str):
+                raise TypeError
             # Canonical spelling: Python accepts {…} and urn:uuid: forms that toUUID does not.
             event_id = str(UUID(event_id))
         except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):

@@ -789,6 +789,30 @@ def test_cursor_with_an_unusual_uuid_spelling_is_422_not_5xx(api: Api) -> None:
         assert r.status_code < 500, (spelling, r.status_code, r.text)
 
 
+def test_cursor_holding_a_list_or_an_object_is_422_naming_the_cursor(store: Store) -> None:
+    api = make_api(store, ApiSettings(audit_reads=False))
+    api.client = TestClient(api.embedded.app, raise_server_exceptions=False)
+    assert api.post([event(i) for i in range(3)]).status_code == 200
+    cursor = api.get("/v1/events", params=[("limit", "1")]).json()["next_cursor"]
+    ts, event_id, fingerprint = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    for forged_parts in ([ts, [event_id], fingerprint], [ts, {"id": event_id}, fingerprint],
+                         [ts, event_id, [fingerprint]], [ts, event_id, {"q": fingerprint}]):  # fmt: skip
+        forged = base64.urlsafe_b64encode(orjson.dumps(forged_parts)).decode().rstrip("=")
+        r = api.get("/v1/events", params=[("limit", "1"), ("cursor", forged)])
+        assert r.status_code == 422 and "cursor" in r.json()["detail"], (forged_parts, r.text)
+
+
+def test_the_viewer_clock_out_of_range_is_ignored_not_500(store: Store) -> None:
+    api = make_api(store, ApiSettings(audit_reads=False))
+    api.client = TestClient(api.embedded.app, raise_server_exceptions=False)
+    r = api.client.post("/ui/login", data={"api_key": api.admin, "next": ""}, follow_redirects=False)
+    session = r.cookies["auditlog_session"]
+    api.client.cookies.clear()
+    for at in ("253402300800000", "999999999999999", "0", "-1", "abc"):
+        page = api.client.get(f"/ui/?at={at}&q=after:-7d", headers={"Cookie": f"auditlog_session={session}"})
+        assert page.status_code == 200, (at, page.status_code)
+
+
 def test_deeply_nested_details_are_rejected_alone(store: Store) -> None:
     api = make_api(store, ApiSettings(audit_reads=False))
     api.client = TestClient(api.embedded.app, raise_server_exceptions=False)

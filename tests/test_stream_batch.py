@@ -375,3 +375,15 @@ def test_slices_are_in_order_prefixes_bounded_by_bytes() -> None:
 def test_offsets_to_commit_are_the_last_offset_plus_one_per_partition() -> None:
     events = [_faust_event(p, o, 1) for p, o in [(0, 5), (1, 7), (0, 6), (2, 1), (1, 8)]]
     assert next_offsets(events) == {("audit.raw", 0): 7, ("audit.raw", 1): 9, ("audit.raw", 2): 2}
+
+
+def test_an_event_for_an_infrastructure_not_served_is_dead_lettered_alone(directory: Directories) -> None:
+    other = event(2, infrastructure="globex-other-tenant")
+    value = encode_envelope([event(1), other, event(3)])
+    outcome = process_batch([msg(value, offset=7, content_type=ENVELOPE_CONTENT_TYPE)], directory)
+    assert outcome.verdicts == [True, False, True]
+    [dead] = outcome.dead_letters
+    assert dead.index == 1 and dead.message.offset == 7
+    assert "'globex-other-tenant' is not served by this installation (served: acme)" in dead.reason
+    assert orjson.loads(dead.payload)["infrastructure"] == "globex-other-tenant"
+    assert [r["infrastructure"] for r in outcome.rows] == ["acme", "acme"]
