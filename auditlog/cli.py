@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 
 from auditlog.admin_client import AdminClient, AdminError
+from producers.contract import strict_json
 from producers.contract.directory import DirectoryError, load_directory
 from storage.engine import StoreLocked
 from storage.store import Store, StoreSettings
@@ -238,11 +239,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             try:
-                batch.append(orjson.loads(line))
+                batch.append(strict_json.loads(line))
                 lines.append(number)
-            except orjson.JSONDecodeError as exc:
+            except strict_json.StrictJSONError as exc:
                 # Not an event at all: kept as a dead letter with its bytes, never dropped.
-                reason = f"line {number} is not valid JSON: {exc}"
+                reason = f"line {number} is not valid JSON: {exc.message}"
                 store.writer.write_dead_letters(
                     [DeadLetter(received_at=ms_to_ch_time(int(time.time() * 1000)), source="file",
                                 reason=reason, payload=line.rstrip(b"\n"))]

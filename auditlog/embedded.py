@@ -40,7 +40,9 @@ def build_embedded(
     if directory is not None:
         directories.replace(directory)
     if ingestor is None:
-        ingestor = BatchIngestor(store, directories.get, source="api")
+        ingestor = BatchIngestor(
+            store, directories.get, source="api", max_future_s=settings.max_future_skew_s
+        )
     auditor = None
     if settings.audit_reads:
         auditor = ReadAuditor(ingestor, service_host=socket.gethostname())

@@ -24,6 +24,8 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from producers.contract import strict_json
+
 CONTENT_TYPE_HEADER: Final = "content-type"
 EVENT_CONTENT_TYPE: Final = "application/vnd.auditlog.event+json"
 ENVELOPE_CONTENT_TYPE: Final = "application/vnd.auditlog.envelope+json"
@@ -153,14 +155,15 @@ def decode_message(value: bytes | None, headers: Headers = None) -> list[object]
     if value is None or not value.strip():
         raise MalformedMessage("message has no value", "empty")
     try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        if exc.msg.startswith("unexpected end of data") or exc.pos >= len(value.rstrip()):
+        doc = strict_json.loads(value)
+    except strict_json.StrictJSONError as exc:
+        ends_early = exc.pos is not None and exc.pos >= len(value.rstrip())
+        if ends_early or exc.message.startswith("Unterminated string"):
             raise MalformedMessage(
                 f"truncated JSON: the value ends after {len(value):,} bytes in the middle of a document",
                 "truncated",
             ) from None
-        raise MalformedMessage(f"not JSON: {exc}", "not_json") from None
+        raise MalformedMessage(f"not JSON: {exc.message}", "not_json") from None
     if content_type == ENVELOPE_CONTENT_TYPE:
         return _envelope_items(doc)
     if content_type != EVENT_CONTENT_TYPE and isinstance(doc, dict) and "envelope" in doc:

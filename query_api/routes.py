@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from producers.contract import strict_json
 from producers.contract.event import ENTITY_KINDS, KindName
 from producers.contract.permissions import Caller, ReadScope, may_read_activity_log, may_read_entity
 from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
@@ -427,10 +428,10 @@ def _decode_batch(body: bytes, content_type: str) -> list[Any]:
     ndjson = "ndjson" in content_type or "jsonlines" in content_type or "x-ndjson" in content_type
     if not ndjson:
         try:
-            value = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            if b"\n" not in text:
-                raise _bad(f"body is not valid JSON: {exc}") from None
+            value = strict_json.loads(text)
+        except strict_json.StrictJSONError as exc:
+            if b"\n" not in text or "duplicate key" in exc.message:
+                raise _bad(f"body is not valid JSON: {exc.message}") from None
             ndjson = True
         else:
             return value if isinstance(value, list) else [value]
@@ -439,9 +440,9 @@ def _decode_batch(body: bytes, content_type: str) -> list[Any]:
         if not line.strip():
             continue
         try:
-            items.append(orjson.loads(line))
-        except orjson.JSONDecodeError as exc:
-            raise _bad(f"NDJSON line {number} is not valid JSON: {exc}") from None
+            items.append(strict_json.loads(line))
+        except strict_json.StrictJSONError as exc:
+            raise _bad(f"NDJSON line {number} is not valid JSON: {exc.message}") from None
     return items
 
 

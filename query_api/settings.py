@@ -27,5 +27,8 @@ class ApiSettings(BaseSettings):
     session_absolute_seconds: float = Field(
         default=12 * 3600, gt=0, description="a viewer session ends this long after sign-in, whatever happens"
     )
+    max_future_skew_s: float = Field(
+        default=300, ge=0, description="an event dated later than its receipt plus this is rejected"
+    )
     audit_reads: bool = Field(default=True, description="record every read of the audit log as an event")
     export_chunk_rows: int = Field(default=5_000, ge=100, le=200_000, description="rows per export query")

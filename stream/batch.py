@@ -36,7 +36,15 @@ from producers.envelope import (
 )
 from storage.record import Row
 from storage.writer import DeadLetter
-from stream.steps import Lineage, directory_for, enrich, ms_to_ch_time, normalize
+from stream.steps import (
+    DEFAULT_MAX_FUTURE_S,
+    Lineage,
+    check_not_in_future,
+    directory_for,
+    enrich,
+    ms_to_ch_time,
+    normalize,
+)
 
 # A message this large is refused before decoding: JSON parsing it would hold
 # several times its size in memory, and no honest producer sends one (the SDK's
@@ -163,6 +171,7 @@ def process_batch(
     directories: Directories,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_future_s: float = DEFAULT_MAX_FUTURE_S,
 ) -> BatchOutcome:
     """Decode, validate, normalize and enrich every event of `messages`, in order."""
     out = BatchOutcome(messages=len(messages))
@@ -199,6 +208,7 @@ def process_batch(
         for index, item in enumerate(items):
             try:
                 event = normalize(parse_event(item))
+                check_not_in_future(event, lineage, max_future_s=max_future_s)
                 directory = directory_for(event, directories)
             except InvalidEvent as exc:
                 if single:

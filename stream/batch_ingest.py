@@ -20,7 +20,7 @@ from producers.contract.event import InvalidEvent, parse_event
 from storage.store import Store
 from storage.writer import DeadLetter
 from stream.gc_pause import gc_paused
-from stream.steps import Lineage, ms_to_ch_time, process
+from stream.steps import DEFAULT_MAX_FUTURE_S, Lineage, check_not_in_future, ms_to_ch_time, process
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,18 @@ def _payload(item: Any) -> bytes:
 
 
 class BatchIngestor:
-    def __init__(self, store: Store, directories: Callable[[], Directories], *, source: str = "api") -> None:
+    def __init__(
+        self,
+        store: Store,
+        directories: Callable[[], Directories],
+        *,
+        source: str = "api",
+        max_future_s: float = DEFAULT_MAX_FUTURE_S,
+    ) -> None:
         self._store = store
         self._directories = directories
         self._source = source
+        self._max_future_s = max_future_s
 
     def ingest(self, items: Sequence[Any], *, received_at_ms: int) -> IngestReport:
         with gc_paused():
@@ -77,7 +85,9 @@ class BatchIngestor:
         letters = []
         for index, item in enumerate(items):
             try:
-                rows.append(process(parse_event(item), directories, lineage))
+                event = parse_event(item)
+                check_not_in_future(event, lineage, max_future_s=self._max_future_s)
+                rows.append(process(event, directories, lineage))
             except InvalidEvent as exc:
                 event_id = item.get("event_id") if isinstance(item, dict) else None
                 report.rejected.append(

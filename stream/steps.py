@@ -127,6 +127,24 @@ def directory_for(event: AuditEvent, directories: Directories) -> Directory:
     return directory
 
 
+DEFAULT_MAX_FUTURE_S = 300
+"""How far after its receipt an event may say it happened: producers' clocks drift, but
+an event dated 2199 would sit first in every log forever."""
+
+
+def check_not_in_future(event: AuditEvent, lineage: Lineage, *, max_future_s: float) -> None:
+    """Reject an event dated later than its receipt plus `max_future_s`. The receipt time is
+    the broker's timestamp (or the edge's receipt), so the verdict replays identically."""
+    occurred_ms = int(event.occurred_at.timestamp() * 1000)
+    if occurred_ms > lineage.received_at_ms + max_future_s * 1000:
+        ahead = (occurred_ms - lineage.received_at_ms) / 1000
+        reason = (
+            f"occurred_at {event.occurred_at.isoformat()} is {ahead:,.0f} s after the event was received "
+            f"({ms_to_ch_time(lineage.received_at_ms)} UTC); the allowed clock skew is {max_future_s:g} s"
+        )
+        raise InvalidEvent(reason, [FieldError(field="occurred_at", problem="is in the future")])
+
+
 def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
     """A normalized event as a stored row: display names, plan applications, team, read scope.
 

@@ -71,6 +71,7 @@ from storage.writer import EventWriter
 from stream.batch import DEFAULT_MAX_MESSAGE_BYTES, RawMessage, RejectGuard, TooManyRejects, process_batch
 from stream.gc_pause import gc_paused
 from stream.sink import FaultyEngine, Sink, SinkError, SinkResult, producer_config
+from stream.steps import DEFAULT_MAX_FUTURE_S
 
 log = logging.getLogger("auditlog.worker")
 
@@ -106,6 +107,11 @@ class WorkerSettings(BaseSettings):
     )
     max_message_bytes: int = Field(
         default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024, description="larger messages are dead-lettered undecoded"
+    )
+    max_future_skew_s: float = Field(
+        default=DEFAULT_MAX_FUTURE_S,
+        ge=0,
+        description="an event dated later than its broker timestamp plus this is dead-lettered",
     )
     ocsf: bool = Field(default=False, description="emit audit.events.v1 in OCSF instead of the API's shape")
     max_reject_ratio: float = Field(default=0.5, ge=0, le=1)
@@ -487,7 +493,11 @@ class WorkerRuntime:
         offsets = next_offsets(events)
         directories = self.directory.current()
         outcome = await asyncio.to_thread(
-            process_batch, messages, directories, max_message_bytes=self.settings.max_message_bytes
+            process_batch,
+            messages,
+            directories,
+            max_message_bytes=self.settings.max_message_bytes,
+            max_future_s=self.settings.max_future_skew_s,
         )
         self.guard.observe(outcome.verdicts)
         result = await self._write(outcome)

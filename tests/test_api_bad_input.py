@@ -15,6 +15,7 @@ import json
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -829,4 +830,77 @@ def test_deeply_nested_details_are_rejected_alone(store: Store) -> None:
         [rejection] = r.json()["rejected"]
         assert rejection["index"] == 1
     assert api.get(f"/v1/events/{good['event_id']}").status_code == 200
+    assert len(api.dead_letters()) == 2
+
+
+# --------------------------------------------------------------------------------------
+# Evidence is stored as it was sent, or refused with the reason
+# --------------------------------------------------------------------------------------
+
+
+def test_duplicate_keys_are_refused_not_resolved_to_the_last(api: Api) -> None:
+    body = (
+        b'[{"schema_version":1,"event_id":"0192f3a0-0000-7000-8000-0000000000d1",'
+        b'"occurred_at":"2026-02-03T10:00:00Z","infrastructure":"infra-1",'
+        b'"actor":{"id":"priya.raman"},"actor":{"id":"mallory"},'
+        b'"action":"application.deploy","target":{"kind":"application","id":"a0"}}]'
+    )
+    for content_type, data in (("application/json", body), ("application/x-ndjson", body[1:-1] + b"\n")):
+        r = api.client.post(
+            "/v1/events", content=data, headers={**auth(api.ingester), "Content-Type": content_type}
+        )
+        assert r.status_code == 422, r.text
+        assert "duplicate key 'actor'" in r.json()["detail"]
+    assert api.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"details": {"n": 2**64}}, "beyond what JSON readers keep exactly"),
+        ({"details": {"n": [1, {"m": -(2**53)}]}}, "beyond what JSON readers keep exactly"),
+        ({"changes": [{"field": "f", "old": 0, "new": 2**60}]}, "beyond what JSON readers keep exactly"),
+        ({"changes": [{"field": f"f{i}", "old": "", "new": "x" * 100_000} for i in range(9)]}, "larger than"),
+    ],
+)
+def test_numbers_and_sizes_that_would_change_are_rejected_with_the_reason(
+    api: Api, overrides: dict[str, Any], problem: str
+) -> None:
+    # The standard library writes integers of any size, as a careless producer would.
+    r = api.post(content=json.dumps([event(0, **overrides), event(1)]).encode())
+    assert r.status_code == 207, r.text
+    [rejected] = r.json()["rejected"]
+    assert problem in rejected["reason"]
+    assert api.count() == 1 and len(api.dead_letters()) == 1
+
+
+def test_nan_in_a_body_is_not_json(api: Api) -> None:
+    data = orjson.dumps([event(0)]).replace(
+        b'"outcome":"success"', b'"outcome":"success","details":{"x":NaN}'
+    )
+    r = api.client.post(
+        "/v1/events", content=data, headers={**auth(api.ingester), "Content-Type": "application/json"}
+    )
+    assert r.status_code == 422 and "NaN is not JSON" in r.text
+
+
+def test_an_event_dated_after_its_receipt_plus_the_skew_is_rejected(store: Store) -> None:
+    api = make_api(store, ApiSettings(audit_reads=False, max_future_skew_s=60))
+    now = datetime.now(UTC)
+    soon = (now + timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
+    later = (now + timedelta(minutes=10)).isoformat().replace("+00:00", "Z")
+    r = api.post(
+        [
+            event(0, occurred_at=soon),
+            event(1, occurred_at=later),
+            event(2, occurred_at="2199-12-31T23:59:59Z"),
+        ]
+    )
+    assert r.status_code == 207, r.text
+    body = r.json()
+    assert body["stored"] == 1
+    assert [x["index"] for x in body["rejected"]] == [1, 2]
+    assert all(
+        "after the event was received" in x["reason"] and "60 s" in x["reason"] for x in body["rejected"]
+    )
     assert len(api.dead_letters()) == 2

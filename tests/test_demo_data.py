@@ -381,7 +381,9 @@ def test_run_demo_resumes_an_interrupted_seeding(store: Store, monkeypatch: pyte
 def test_run_demo_refuses_a_store_holding_other_events(store: Store, directory: Directory) -> None:
     event = next(iter(generate_events(directory, count=1, days=1, seed=99, end=END)))
     served = Directories([directory])
-    report = BatchIngestor(store, lambda: served, source="test").ingest([event], received_at_ms=0)
+    report = BatchIngestor(store, lambda: served, source="test").ingest(
+        [event], received_at_ms=int(END.timestamp() * 1000)
+    )
     assert report.stored == 1
     code, _, err = _run(store)
     assert code == 2

@@ -17,7 +17,7 @@ from producers.contract.event import InvalidEvent, parse_event
 from stream.steps import Lineage, canonical_action, normalize, process
 
 GOLDEN = Path(__file__).parent / "golden"
-LINEAGE = Lineage(source="kafka", received_at_ms=1_790_000_000_123, topic="audit.raw", partition=2, offset=41)
+LINEAGE = Lineage(source="kafka", received_at_ms=1_792_000_000_123, topic="audit.raw", partition=2, offset=41)
 
 
 def _run(directory: Directory) -> bytes:
@@ -96,7 +96,7 @@ def test_enrichment_details() -> None:
     assert rows["7"]["actor_ip"] == "10.0.0.1"  # IPv4-mapped IPv6 shown as IPv4
     assert rows["a"]["actor_name"] == "Former Employee"  # unknown to the directory: the event's name
     assert rows["a"]["target_name"] == "Retired App"
-    assert rows["1"]["received_at"] == "2026-09-21 14:13:20.123"
+    assert rows["1"]["received_at"] == "2026-10-14 17:46:40.123"
 
 
 def test_an_infrastructure_not_served_is_a_reject() -> None:

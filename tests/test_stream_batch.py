@@ -29,7 +29,7 @@ from stream.ocsf import to_ocsf
 from stream.worker_app import next_offsets, slices
 
 GOLDEN = Path(__file__).parent / "golden"
-TS = 1_790_000_000_123
+TS = 1_792_000_000_123
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,8 @@ def test_replay_gives_identical_output(directory: Directories) -> None:
 
 
 def test_received_at_is_the_broker_timestamp_not_the_clock(directory: Directories) -> None:
-    outcome = process_batch([msg(orjson.dumps(event()), ts=1_700_000_000_007)], directory)
+    earlier = event(occurred_at="2023-11-14T22:00:00Z")
+    outcome = process_batch([msg(orjson.dumps(earlier), ts=1_700_000_000_007)], directory)
     assert outcome.rows[0]["received_at"] == "2023-11-14 22:13:20.007"
     assert outcome.normalized_events[0]["received_at"] == "2023-11-14T22:13:20.007Z"
 
@@ -387,3 +388,31 @@ def test_an_event_for_an_infrastructure_not_served_is_dead_lettered_alone(direct
     assert "'globex-other-tenant' is not served by this installation (served: acme)" in dead.reason
     assert orjson.loads(dead.payload)["infrastructure"] == "globex-other-tenant"
     assert [r["infrastructure"] for r in outcome.rows] == ["acme", "acme"]
+
+
+def test_a_message_with_duplicate_keys_is_dead_lettered_not_resolved(directory: Directories) -> None:
+    value = orjson.dumps(event(1))[:-1] + b',"actor":{"id":"mallory"}}'
+    [dead] = process_batch([msg(value)], directory).dead_letters
+    assert "duplicate key 'actor'" in dead.reason
+    assert dead.payload == value  # the original bytes, for whoever investigates
+
+
+def test_an_event_dated_after_its_broker_timestamp_plus_the_skew_is_dead_lettered(
+    directory: Directories,
+) -> None:
+    ts = 1_792_000_000_000  # 2026-10-14 17:46:40 UTC
+    ok = event(1, occurred_at="2026-10-14T17:50:00Z")  # 200 s ahead: inside 300 s
+    ahead = event(2, occurred_at="2026-10-14T18:00:00Z")
+    value = encode_envelope([ok, ahead])
+    outcome = process_batch([msg(value, ts=ts, content_type=ENVELOPE_CONTENT_TYPE)], directory)
+    assert outcome.verdicts == [True, False]
+    assert (
+        "800 s after the event was received (2026-10-14 17:46:40.000 UTC)" in outcome.dead_letters[0].reason
+    )
+    # The verdict is a function of the message: a replay gives the same one, whatever the clock says.
+    again = process_batch([msg(value, ts=ts, content_type=ENVELOPE_CONTENT_TYPE)], directory)
+    assert again.verdicts == outcome.verdicts
+    looser = process_batch(
+        [msg(value, ts=ts, content_type=ENVELOPE_CONTENT_TYPE)], directory, max_future_s=900
+    )
+    assert looser.verdicts == [True, True]

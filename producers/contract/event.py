@@ -8,6 +8,7 @@ Every error names the field and the problem (see `InvalidEvent`).
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -26,6 +27,8 @@ from pydantic import (
     field_validator,
 )
 
+from producers.contract import strict_json
+
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 CURRENT_SCHEMA_VERSION = 1
 
@@ -35,6 +38,8 @@ MAX_NAME_LEN = 512
 MAX_RELATED = 1000
 MAX_CHANGES = 1000
 MAX_DETAILS_BYTES = 256 * 1024
+MAX_CHANGES_BYTES = 256 * 1024
+MAX_SAFE_INTEGER = 2**53 - 1
 MAX_JSON_DEPTH = 32
 MIN_YEAR, MAX_YEAR = 1970, 2200
 
@@ -125,8 +130,11 @@ class EntityRef(BaseModel):
     name: Name | None = None
 
 
-def json_depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True if `value` nests at most `limit` containers deep (iterative: no recursion limit)."""
+def json_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """Why `value` is no faithful audit detail, or None: it nests deeper than `limit`
+    containers, or holds a number JSON consumers cannot read back exactly (an integer
+    beyond 2^53, which JavaScript and many SIEMs round; NaN or an infinity, which JSON
+    cannot say). Iterative: no recursion limit."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -134,22 +142,34 @@ def json_depth_ok(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
             children: Any = item.values()
         elif isinstance(item, list):
             children = item
+        elif isinstance(item, bool) or item is None or isinstance(item, str):
+            continue
+        elif isinstance(item, int):
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                return f"holds the integer {str(item)[:40]}, beyond what JSON readers keep exactly (2^53)"
+            continue
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"holds the number {item}, which JSON cannot represent"
+            continue
         else:
             continue
         if depth > limit:
-            return False
+            return f"nests deeper than {limit} levels"
         stack.extend((child, depth + 1) for child in children)
-    return True
+    return None
 
 
-def _shallow(value: Any) -> Any:
-    # Deeper JSON than this is no audit detail, and would hit encoders' recursion limits.
-    if not json_depth_ok(value):
-        raise ValueError(f"nests deeper than {MAX_JSON_DEPTH} levels")
+def _faithful(value: Any) -> Any:
+    # Deeper JSON is no audit detail and would hit encoders' recursion limits; a number
+    # stored other than it was sent would be evidence silently changed.
+    problem = json_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
-ShallowJson = Annotated[Any, BeforeValidator(_shallow)]
+ShallowJson = Annotated[Any, BeforeValidator(_faithful)]
 
 
 class Change(BaseModel):
@@ -202,7 +222,16 @@ class AuditEvent(BaseModel):
     @field_validator("details", mode="before")
     @classmethod
     def _details_depth(cls, value: Any) -> Any:
-        return _shallow(value)
+        return _faithful(value)
+
+    @field_validator("changes")
+    @classmethod
+    def _changes_size(cls, value: list[Change]) -> list[Change]:
+        if value:
+            size = len(orjson.dumps([(c.field, c.old, c.new) for c in value], default=str))
+            if size > MAX_CHANGES_BYTES:
+                raise ValueError(f"is larger than {MAX_CHANGES_BYTES} bytes once encoded")
+        return value
 
     @field_validator("details")
     @classmethod
@@ -266,9 +295,9 @@ def parse_event(obj: Any) -> AuditEvent:
 def decode_event_bytes(data: bytes) -> AuditEvent:
     """Decode and validate one JSON-encoded event."""
     try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"not valid JSON: {exc}") from None
+        obj = strict_json.loads(data)
+    except strict_json.StrictJSONError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc.message}") from None
     return parse_event(obj)
 
 
