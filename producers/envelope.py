@@ -19,6 +19,8 @@ inside an envelope can be dead-lettered alone.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal
 
@@ -136,6 +138,29 @@ def content_type_of(headers: Headers) -> str | None:
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         return text.split(";", 1)[0].strip().lower() or None
     return None
+
+
+SIGNATURE_HEADER = "auditlog-signature"
+"""HMAC-SHA256 of the message value, hex, with a secret the query service and the workers
+share: it authenticates the query service's own record of reads (`audit_log.*`)."""
+
+
+def signature(secret: bytes, value: bytes) -> bytes:
+    return hmac.new(secret, value, hashlib.sha256).hexdigest().encode()
+
+
+def signed_by(secret: bytes, value: bytes | None, headers: Headers) -> bool:
+    """True if the message carries a valid signature made with `secret`."""
+    if not secret or value is None:
+        return False
+    items = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    expected = signature(secret, value)
+    for name, got in items:
+        if name.lower() == SIGNATURE_HEADER and got is not None:
+            given = got if isinstance(got, bytes) else got.encode()
+            if hmac.compare_digest(given, expected):
+                return True
+    return False
 
 
 def decode_message(value: bytes | None, headers: Headers = None) -> list[object]:

@@ -88,9 +88,11 @@ from producers.envelope import (
     ENVELOPE_CONTENT_TYPE,
     ENVELOPE_OVERHEAD,
     EVENT_CONTENT_TYPE,
+    SIGNATURE_HEADER,
     MalformedMessage,
     decode_message,
     pack_envelope,
+    signature,
 )
 from producers.spool import RECORD_OVERHEAD, Spool, SpoolError, SpoolFull, SpoolRecord
 from producers.topics import RAW_TOPIC
@@ -176,6 +178,9 @@ class ProducerSettings(BaseSettings):
     spool_sync_ms: Annotated[int, Field(ge=10)] = 1_000
     """Spooled records are fsynced at least this often, and on every flush()."""
     extra: dict[str, str | int | float | bool] = {}
+    signing_key: str = Field(default="", repr=False)
+    """Sign every message (`auditlog-signature`): set on the query service only, with the
+    workers' AUDITLOG_WORKER_SIGNING_KEY, so that its record of reads is authenticated."""
 
     @field_validator("extra")
     @classmethod
@@ -466,6 +471,7 @@ class Publisher:
         self.settings = settings or ProducerSettings()
         self.topic = self.settings.topic
         self._on_delivery = on_delivery
+        self._signing_key = self.settings.signing_key.encode()
         s = self.settings
         self._linger = s.linger_ms / 1000.0
         self._backoff = s.retry_backoff_ms / 1000.0
@@ -804,6 +810,12 @@ class Publisher:
         if st.queue:
             self._send(st, st.queue.popleft())
 
+    def _headers(self, value: bytes, content_type: str) -> list[tuple[str, str | bytes | None]]:
+        headers: list[tuple[str, str | bytes | None]] = [(CONTENT_TYPE_HEADER, content_type)]
+        if self._signing_key:
+            headers.append((SIGNATURE_HEADER, signature(self._signing_key, value)))
+        return headers
+
     def _send(self, st: _Partition, batch: _Batch) -> None:
         st.inflight = batch
         try:
@@ -812,7 +824,7 @@ class Publisher:
                 value=batch.value,
                 key=batch.key,
                 partition=batch.partition,
-                headers=[(CONTENT_TYPE_HEADER, batch.content_type)],
+                headers=self._headers(batch.value, batch.content_type),
                 on_delivery=functools.partial(self._on_direct_delivery, st, batch),
             )
         except (BufferError, KafkaException) as exc:
@@ -993,7 +1005,7 @@ class Publisher:
                     value=value,
                     key=message_key,
                     partition=partition,
-                    headers=[(CONTENT_TYPE_HEADER, content_type)],
+                    headers=self._headers(value, content_type),
                     on_delivery=functools.partial(self._on_round_delivery, rnd, sent),
                 )
             except (BufferError, KafkaException) as exc:

@@ -23,7 +23,9 @@ from storage.store import MAX_KEY_LENGTH, ApiKey, Store, hash_key, key_id_of
 class Ingestor(Protocol):
     """Takes decoded events, reports per event. Embedded: straight to the store; Kafka: to audit.raw."""
 
-    def ingest(self, items: list[Any], *, received_at_ms: int) -> Any: ...
+    def ingest(
+        self, items: list[Any], *, received_at_ms: int, key_id: str = "", service_record: bool = False
+    ) -> Any: ...
 
 
 DirectoryPublisher = Callable[[list[DirectorySnapshot]], object]

@@ -34,7 +34,9 @@ def _is_ip(value: str) -> bool:
 
 
 class _Ingestor(Protocol):
-    def ingest(self, items: list[Any], *, received_at_ms: int) -> Any: ...
+    def ingest(
+        self, items: list[Any], *, received_at_ms: int, key_id: str = "", service_record: bool = False
+    ) -> Any: ...
 
 
 class ReadAuditor:
@@ -109,7 +111,7 @@ class ReadAuditor:
                     break
             if batch:
                 try:
-                    self._ingestor.ingest(batch, received_at_ms=int(time.time() * 1000))
+                    self._ingestor.ingest(batch, received_at_ms=int(time.time() * 1000), service_record=True)
                 except Exception:
                     log.exception("could not record %d audit-log reads; will retry", len(batch))
                     for item in batch:

@@ -330,6 +330,8 @@ EXPORT_FIELDS = (
     "correlation_id",
     "enrichment.plan_application_ids",
     "enrichment.application_team_id",
+    "provenance.ingest_source",
+    "provenance.ingest_key_id",
 )
 
 
@@ -467,7 +469,9 @@ async def ingest(request: Request, caller: CurrentCaller, services: ServicesDep)
             detail=f"{len(items)} events in one batch; the limit is {services.settings.max_batch_events}",
         )
     received_at_ms = int(time.time() * 1000)
-    report = await run_in_threadpool(services.ingestor.ingest, items, received_at_ms=received_at_ms)
+    report = await run_in_threadpool(
+        services.ingestor.ingest, items, received_at_ms=received_at_ms, key_id=caller.key_id
+    )
     body_out = report.to_dict()
     return _json(body_out, status_code=200 if not body_out["rejected"] else 207)
 

@@ -57,4 +57,10 @@ def event_out(row: dict[str, Any]) -> dict[str, Any]:
             "plan_application_ids": row["plan_app_ids"],
             "application_team_id": _none_if_empty(row["app_team_id"]),
         },
+        # How the row entered: api, file, demo, kafka, or read-audit (the query service's own
+        # record of reads), and the id of the API key it was posted with.
+        "provenance": {
+            "ingest_source": row["ingest_source"],
+            "ingest_key_id": _none_if_empty(row.get("ingest_key_id", "")),
+        },
     }

@@ -233,6 +233,16 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
         ),
         upgrade_only=True,
     ),
+    Migration(
+        6,
+        "ingest_key_id",
+        (
+            # Stores made before this migration recorded no credential; their rows keep ''.
+            "ALTER TABLE {db}.audit_events ADD COLUMN IF NOT EXISTS ingest_key_id LowCardinality(String) "
+            "CODEC(ZSTD(1)) AFTER ingest_source",
+        ),
+        upgrade_only=True,
+    ),
 )
 
 

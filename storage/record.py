@@ -45,6 +45,9 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     # against the caller's token set once per dictionary entry.
     ("scope_key", "LowCardinality(String)"),
     ("ingest_source", "LowCardinality(String)"),
+    # Provenance: the id of the API key an event was posted with (HTTP ingest); Kafka's own
+    # lineage (topic, partition, offset) says where a worker read it.
+    ("ingest_key_id", "LowCardinality(String)"),
     ("kafka_topic", "LowCardinality(String)"),
     ("kafka_partition", "Int32"),
     ("kafka_offset", "Int64"),

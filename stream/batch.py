@@ -33,13 +33,16 @@ from producers.envelope import (
     MalformedMessage,
     content_type_of,
     decode_message,
+    signed_by,
 )
 from storage.record import Row
 from storage.writer import DeadLetter
 from stream.steps import (
     DEFAULT_MAX_FUTURE_S,
+    RESERVED_ACTION_PREFIX,
     Lineage,
     check_not_in_future,
+    check_reserved_action,
     directory_for,
     enrich,
     ms_to_ch_time,
@@ -172,7 +175,10 @@ def process_batch(
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_future_s: float = DEFAULT_MAX_FUTURE_S,
+    signing_key: bytes = b"",
 ) -> BatchOutcome:
+    """`signing_key`: the secret the query service signs its messages with; only a message
+    signed with it may carry the reserved `audit_log.*` actions."""
     """Decode, validate, normalize and enrich every event of `messages`, in order."""
     out = BatchOutcome(messages=len(messages))
 
@@ -209,6 +215,9 @@ def process_batch(
             try:
                 event = normalize(parse_event(item))
                 check_not_in_future(event, lineage, max_future_s=max_future_s)
+                if event.action.startswith(RESERVED_ACTION_PREFIX):
+                    trusted = signed_by(signing_key, value, message.headers)
+                    check_reserved_action(event, service_record=trusted)
                 directory = directory_for(event, directories)
             except InvalidEvent as exc:
                 if single:

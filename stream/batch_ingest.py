@@ -20,7 +20,14 @@ from producers.contract.event import InvalidEvent, parse_event
 from storage.store import Store
 from storage.writer import DeadLetter
 from stream.gc_pause import gc_paused
-from stream.steps import DEFAULT_MAX_FUTURE_S, Lineage, check_not_in_future, ms_to_ch_time, process
+from stream.steps import (
+    DEFAULT_MAX_FUTURE_S,
+    Lineage,
+    check_not_in_future,
+    check_reserved_action,
+    ms_to_ch_time,
+    process,
+)
 
 
 @dataclass(frozen=True)
@@ -73,20 +80,31 @@ class BatchIngestor:
         self._source = source
         self._max_future_s = max_future_s
 
-    def ingest(self, items: Sequence[Any], *, received_at_ms: int) -> IngestReport:
+    def ingest(
+        self, items: Sequence[Any], *, received_at_ms: int, key_id: str = "", service_record: bool = False
+    ) -> IngestReport:
+        """`key_id`: the credential the items came with, kept on every row. `service_record`:
+        the items are the query service's own record of reads, the only source of the
+        reserved `audit_log.*` actions."""
         with gc_paused():
-            return self._ingest(items, received_at_ms=received_at_ms)
+            return self._ingest(
+                items, received_at_ms=received_at_ms, key_id=key_id, service_record=service_record
+            )
 
-    def _ingest(self, items: Sequence[Any], *, received_at_ms: int) -> IngestReport:
+    def _ingest(
+        self, items: Sequence[Any], *, received_at_ms: int, key_id: str, service_record: bool
+    ) -> IngestReport:
         report = IngestReport(received=len(items))
         directories = self._directories()
-        lineage = Lineage(source=self._source, received_at_ms=received_at_ms)
+        source = "read-audit" if service_record else self._source
+        lineage = Lineage(source=source, received_at_ms=received_at_ms, key_id=key_id)
         rows = []
         letters = []
         for index, item in enumerate(items):
             try:
                 event = parse_event(item)
                 check_not_in_future(event, lineage, max_future_s=self._max_future_s)
+                check_reserved_action(event, service_record=service_record)
                 rows.append(process(event, directories, lineage))
             except InvalidEvent as exc:
                 event_id = item.get("event_id") if isinstance(item, dict) else None
@@ -101,7 +119,7 @@ class BatchIngestor:
                 letters.append(
                     DeadLetter(
                         received_at=ms_to_ch_time(received_at_ms),
-                        source=self._source,
+                        source=source,
                         reason=exc.reason,
                         payload=_payload(item),
                     )

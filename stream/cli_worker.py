@@ -109,6 +109,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                     "topic": settings.raw_topic,
                     # One spool per worker: a spool directory is locked by its publisher.
                     "client_id": f"auditlog-api-{settings.group_id}",
+                    "signing_key": settings.signing_key,
                 }
             )
             ingestor = KafkaIngestor(producer_settings)

@@ -26,6 +26,7 @@ from typing import Any
 from producers.contract.event import AuditEvent, InvalidEvent, parse_event
 from producers.publisher import DeliveryError, ProducerSettings, Publisher
 from stream.batch_ingest import Rejection
+from stream.steps import check_reserved_action
 
 
 @dataclass
@@ -84,13 +85,20 @@ class KafkaIngestor:
                     del self._waiting[event_id]
                 waiter.settle(event_id, error)
 
-    def ingest(self, items: Sequence[Any], *, received_at_ms: int) -> KafkaIngestReport:
-        # received_at comes from the broker's timestamp once the worker reads the event.
+    def ingest(
+        self, items: Sequence[Any], *, received_at_ms: int, key_id: str = "", service_record: bool = False
+    ) -> KafkaIngestReport:
+        """Publish to audit.raw. received_at comes from the broker's timestamp once a worker reads
+        the event; the key id is not carried (a header would be the producer's word, not proof):
+        a worker's row records its Kafka lineage. Messages are signed when the publisher has a
+        signing key, so only this service's own record of reads may carry `audit_log.*`."""
         report = KafkaIngestReport(received=len(items))
         valid: list[tuple[int, AuditEvent]] = []
         for index, item in enumerate(items):
             try:
-                valid.append((index, parse_event(item)))
+                event = parse_event(item)
+                check_reserved_action(event, service_record=service_record)
+                valid.append((index, event))
             except InvalidEvent as exc:
                 report.rejected.append(_rejection(index, item, exc))
         ids = {str(event.event_id): index for index, event in valid}

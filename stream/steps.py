@@ -88,6 +88,8 @@ class Lineage:
     topic: str = ""
     partition: int = -1
     offset: int = -1
+    key_id: str = ""
+    """The API key an event was posted with (HTTP ingest)."""
 
 
 def format_ch_time(ts: datetime) -> str:
@@ -145,6 +147,20 @@ def check_not_in_future(event: AuditEvent, lineage: Lineage, *, max_future_s: fl
         raise InvalidEvent(reason, [FieldError(field="occurred_at", problem="is in the future")])
 
 
+RESERVED_ACTION_PREFIX = "audit_log."
+
+
+def check_reserved_action(event: AuditEvent, *, service_record: bool) -> None:
+    """The `audit_log.*` actions are the query service's own record of reads: from anywhere
+    else, such an event is a forgery of that record, refused with this reason."""
+    if not service_record and canonical_action(event.action).startswith(RESERVED_ACTION_PREFIX):
+        raise InvalidEvent(
+            f"action {event.action[:64]!r} is reserved: audit_log.* events are recorded by the query "
+            "service itself, and one from elsewhere is refused as forged",
+            [FieldError(field="action", problem="is reserved for the query service")],
+        )
+
+
 def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
     """A normalized event as a stored row: display names, plan applications, team, read scope.
 
@@ -199,6 +215,7 @@ def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
         "app_team_id": app_team or "",
         "scope_key": row_token(target.kind, target.id),
         "ingest_source": lineage.source,
+        "ingest_key_id": lineage.key_id,
         "kafka_topic": lineage.topic,
         "kafka_partition": lineage.partition,
         "kafka_offset": lineage.offset,

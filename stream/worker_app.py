@@ -113,6 +113,12 @@ class WorkerSettings(BaseSettings):
         ge=0,
         description="an event dated later than its broker timestamp plus this is dead-lettered",
     )
+    signing_key: str = Field(
+        default="",
+        repr=False,
+        description="secret shared with the query service (AUDITLOG_KAFKA_SIGNING_KEY there): only messages "
+        "signed with it may carry audit_log.* events",
+    )
     ocsf: bool = Field(default=False, description="emit audit.events.v1 in OCSF instead of the API's shape")
     max_reject_ratio: float = Field(default=0.5, ge=0, le=1)
     max_consecutive_rejects: int = Field(default=1000, ge=1)
@@ -498,6 +504,7 @@ class WorkerRuntime:
             directories,
             max_message_bytes=self.settings.max_message_bytes,
             max_future_s=self.settings.max_future_skew_s,
+            signing_key=self.settings.signing_key.encode(),
         )
         self.guard.observe(outcome.verdicts)
         result = await self._write(outcome)

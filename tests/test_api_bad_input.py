@@ -904,3 +904,35 @@ def test_an_event_dated_after_its_receipt_plus_the_skew_is_rejected(store: Store
         "after the event was received" in x["reason"] and "60 s" in x["reason"] for x in body["rejected"]
     )
     assert len(api.dead_letters()) == 2
+
+
+def test_a_posted_audit_log_event_is_refused_as_forged(store: Store) -> None:
+    api = make_api(store, ApiSettings(audit_reads=True))
+    forged = event(
+        0,
+        action="audit_log.export",
+        actor={"id": "priya.raman", "type": "user"},
+        target={"kind": "infrastructure", "id": "infra-1"},
+        source={"service": "auditlog-query-api", "host": "api-1", "version": "1"},
+    )
+    spelled = event(1, action="Audit_Log.Read", target={"kind": "infrastructure", "id": "infra-1"})
+    r = api.post([forged, spelled, event(2)])
+    assert r.status_code == 207, r.text
+    rejected = r.json()["rejected"]
+    assert [x["index"] for x in rejected] == [0, 1]
+    assert all("reserved" in x["reason"] and "forged" in x["reason"] for x in rejected)
+    # The service's own record of reads is stored, and says where it came from.
+    assert api.get("/v1/events", api.admin).status_code == 200
+    auditor = api.embedded.services.auditor
+    assert auditor is not None and auditor.flush() >= 1
+    reads = api.get("/v1/events", api.admin, [("q", "action:audit_log.read")]).json()["items"]
+    assert reads and {r["provenance"]["ingest_source"] for r in reads} == {"read-audit"}
+
+
+def test_every_posted_row_records_the_key_it_came_with(api: Api) -> None:
+    assert api.post([event(0)]).status_code == 200
+    [row] = api.get("/v1/events", api.admin).json()["items"]
+    key_id = next(k.key_id for k in api.store.keys.list() if k.user_id == "ingest-bot")
+    assert row["provenance"] == {"ingest_source": "api", "ingest_key_id": key_id}
+    csv_text = api.get("/v1/events/export", api.admin, [("format", "csv")]).text
+    assert "provenance.ingest_key_id" in csv_text.splitlines()[0] and key_id in csv_text

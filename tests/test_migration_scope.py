@@ -28,6 +28,8 @@ from tests.grants import only
 # The release's stored columns: today's, with the two per-row token lists around scope_key.
 _OLD_COLUMNS: list[tuple[str, str]] = []
 for _name, _type in COLUMNS:
+    if _name == "ingest_key_id":  # added by migration 6
+        continue
     if _name == "scope_key":
         _OLD_COLUMNS += [("read_scope", "Array(String)"), (_name, _type), ("scope_multi", "Array(String)")]
     else:
@@ -96,7 +98,7 @@ def _old_row(row: dict[str, Any], plan_tokens: list[str]) -> dict[str, Any]:
     return {name: old[name] for name, _ in _OLD_COLUMNS}
 
 
-def test_migration_5_rescopes_old_rows_and_moves_directory_and_keys(chdb_engine: Engine) -> None:
+def test_migrations_5_and_6_rescope_old_rows_and_move_directory_and_keys(chdb_engine: Engine) -> None:
     db = "t_m5_" + uuid.uuid4().hex[:8]
     chdb_engine.command(f"CREATE DATABASE {db}")
     for sql in OLD_SCHEMA:
@@ -131,7 +133,7 @@ def test_migration_5_rescopes_old_rows_and_moves_directory_and_keys(chdb_engine:
         params={"h": hash_key("alk_old-key")},
     )
 
-    assert migrate(chdb_engine, db) == [5]
+    assert migrate(chdb_engine, db) == [5, 6]
     store = Store(chdb_engine, database=db)
 
     tokens = {

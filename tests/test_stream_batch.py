@@ -8,6 +8,7 @@ very bytes of tests/golden/rows_out.ndjson.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,13 @@ import orjson
 import pytest
 
 from producers.contract.directory import Directories, load_directory
-from producers.envelope import ENVELOPE_CONTENT_TYPE, EVENT_CONTENT_TYPE, encode_envelope
+from producers.envelope import (
+    ENVELOPE_CONTENT_TYPE,
+    EVENT_CONTENT_TYPE,
+    SIGNATURE_HEADER,
+    encode_envelope,
+    signature,
+)
 from stream.batch import (
     BatchOutcome,
     RawMessage,
@@ -416,3 +423,28 @@ def test_an_event_dated_after_its_broker_timestamp_plus_the_skew_is_dead_lettere
         [msg(value, ts=ts, content_type=ENVELOPE_CONTENT_TYPE)], directory, max_future_s=900
     )
     assert looser.verdicts == [True, True]
+
+
+def test_audit_log_events_are_accepted_only_signed_by_the_query_service(directory: Directories) -> None:
+    read = event(1, action="audit_log.read", target={"kind": "infrastructure", "id": "acme"})
+    value = orjson.dumps(read)
+    secret = b"shared-with-the-api"
+
+    def signed(sig: bytes | None) -> RawMessage:
+        m = msg(value)
+        extra = ((SIGNATURE_HEADER, sig),) if sig is not None else ()
+        return dataclasses.replace(m, headers=(*(m.headers or ()), *extra))
+
+    cases = {
+        "unsigned": signed(None),
+        "wrong key": signed(signature(b"another", value)),
+        "garbage": signed(b"00"),
+        "valid": signed(signature(secret, value)),
+    }
+    for name, message in cases.items():
+        outcome = process_batch([message], directory, signing_key=secret)
+        assert outcome.verdicts == [name == "valid"], name
+        if name != "valid":
+            assert "reserved" in outcome.dead_letters[0].reason
+    # Without a configured secret nothing can carry audit_log.*, whatever it claims.
+    assert process_batch([cases["valid"]], directory).verdicts == [False]
