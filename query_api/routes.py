@@ -43,6 +43,7 @@ class IngestResult(BaseModel):
     received: int
     stored: int | None = None
     duplicates: int | None = None
+    conflicts: int | None = None
     published: int | None = None
     spooled: int | None = None
     pending: int | None = None

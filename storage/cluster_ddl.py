@@ -65,6 +65,7 @@ _EVENT_KEY: Final = "<event key>"
 PLACEMENT: Final[dict[str, str | None]] = {
     "audit_events": _EVENT_KEY,
     "audit_entity_index": _EVENT_KEY,  # filled on the event's shard by the view
+    "event_keys": _EVENT_KEY,  # likewise: an id's key lives where its row does
     "dead_letters": "rand()",
     "directory_entities": None,
     "api_keys": None,
@@ -75,6 +76,7 @@ PLACEMENT: Final[dict[str, str | None]] = {
 TTL_COLUMNS: Final[dict[str, str]] = {
     "audit_events": "occurred_at",
     "audit_entity_index": "occurred_at",
+    "event_keys": "occurred_at",
     "dead_letters": "received_at",
 }
 

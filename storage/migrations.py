@@ -70,6 +70,28 @@ _ENTITY_INDEX_VIEW = (
     + "\n"
 )
 
+# Every event_id stored, whatever its time, ordered by id: the writer's "stored before?"
+# is a primary-key lookup however old the first copy (audit_events is ordered by time,
+# where an id alone could only be found by a bloom filter over every partition). Filled by
+# ClickHouse in the insert into audit_events, like the entity index, so a row and its key
+# cannot be written apart by a crash between two inserts of ours.
+_EVENT_KEYS = """
+CREATE TABLE IF NOT EXISTS {db}.event_keys (
+    event_id UUID,
+    content_hash UInt128,
+    occurred_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (event_id, content_hash)
+SETTINGS index_granularity = 8192
+"""
+_EVENT_KEYS_SELECT = "SELECT event_id, content_hash, occurred_at FROM {db}.audit_events"
+_EVENT_KEYS_VIEW = (
+    "\nCREATE MATERIALIZED VIEW IF NOT EXISTS {db}.event_keys_mv TO {db}.event_keys AS\n"
+    + _EVENT_KEYS_SELECT
+    + "\n"
+)
+
 # The directory as last-writer-wins entity snapshots, one directory per infrastructure.
 _DIRECTORY_ENTITIES = """
 CREATE TABLE IF NOT EXISTS {db}.directory_entities (
@@ -135,6 +157,8 @@ SETTINGS index_granularity = 8192
 """,
             _ENTITY_INDEX,
             _ENTITY_INDEX_VIEW,
+            _EVENT_KEYS,
+            _EVENT_KEYS_VIEW,
         ),
     ),
     Migration(
@@ -240,6 +264,23 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
             # Stores made before this migration recorded no credential; their rows keep ''.
             "ALTER TABLE {db}.audit_events ADD COLUMN IF NOT EXISTS ingest_key_id LowCardinality(String) "
             "CODEC(ZSTD(1)) AFTER ingest_source",
+        ),
+        upgrade_only=True,
+    ),
+    Migration(
+        7,
+        "event_keys",
+        (
+            # Stores made before this migration found duplicates in the new batch's time range
+            # only. Rows stored before it have no content hash (0): a later copy of one of them
+            # counts as a duplicate, since its content cannot be compared.
+            "ALTER TABLE {db}.audit_events ADD COLUMN IF NOT EXISTS content_hash UInt128 "
+            "CODEC(ZSTD(1)) AFTER event_id",
+            _EVENT_KEYS,
+            "INSERT INTO {db}.event_keys\n"
+            + _EVENT_KEYS_SELECT
+            + "\nWHERE event_id NOT IN (SELECT event_id FROM {db}.event_keys)",
+            _EVENT_KEYS_VIEW,
         ),
         upgrade_only=True,
     ),

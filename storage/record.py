@@ -10,6 +10,10 @@ from typing import Any, Final
 
 COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("event_id", "UUID"),
+    # The first 128 bits of the SHA-256 of the event as sent (stream.steps.content_hash):
+    # what tells a replay (same content, a duplicate) from a conflict (other content under
+    # a stored id). Internal, like the scope and the lineage.
+    ("content_hash", "UInt128"),
     ("schema_version", "UInt8"),
     ("occurred_at", "DateTime64(3, 'UTC')"),
     ("received_at", "DateTime64(3, 'UTC')"),
@@ -57,7 +61,9 @@ COLUMN_NAMES: Final[tuple[str, ...]] = tuple(name for name, _ in COLUMNS)
 
 # Columns returned by the API; lineage and scope stay internal.
 PUBLIC_COLUMNS: Final[tuple[str, ...]] = tuple(
-    c for c in COLUMN_NAMES if c not in {"scope_key", "kafka_topic", "kafka_partition", "kafka_offset"}
+    c
+    for c in COLUMN_NAMES
+    if c not in {"content_hash", "scope_key", "kafka_topic", "kafka_partition", "kafka_offset"}
 )
 
 # What a change log is looked up by: the row's key, its scope and the columns the

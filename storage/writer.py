@@ -1,15 +1,37 @@
-"""The batched writer: stored rows in, one JSONEachRow insert per chunk, duplicates out.
+"""The batched writer: stored rows in, one JSONEachRow insert per chunk, duplicates and conflicts out.
 
-`event_id` is the idempotency key. A redelivered message (a worker killed after
-its insert but before its offset commit, a client retrying a POST) carries the
-same id and the same `occurred_at`, so the writer asks the store which ids of
-the batch it already holds, in the batch's time range only (partition pruning
-plus a bloom filter on event_id), and inserts the rest. One writer per store
-holds a lock across check-and-insert, so two batches cannot race each other.
+`event_id` is stored at most once, forever, whatever the event's time. The writer
+asks `event_keys` (every stored id and its content hash, ordered by id, filled by
+ClickHouse in the same insert as the row) which ids of a chunk it holds, then
+inserts the rest:
+
+- an id already stored with the same content hash is a duplicate (a redelivered
+  message, a retried POST): counted, not stored again;
+- an id stored with other content, or given twice in one batch with different
+  content, is a conflict: not stored, returned with both hashes for the caller to
+  dead-letter and count; the first version stays the one on record.
+
+Check and insert run under one lock per store and process, so writers sharing a
+process (the API's ingest, the read auditor, a worker's sink, any number of
+threads) cannot interleave between them. chDB opens a store in one process only,
+so on chDB this is exactly once.
+
+On a ClickHouse server several worker processes write one store and the lock is
+per process. An id reaches one Kafka partition (the SDK keys messages by
+infrastructure/kind/id, and a re-sent event keeps its key), and a partition has
+one owner at a time but for a rebalance: the old owner may still be inserting a
+batch the new owner re-reads from the last commit. If both check before either
+inserts, both copies land (with the same content: they are the same message).
+Cooperative rebalancing and static membership (`AUDITLOG_WORKER_INSTANCE_ID`)
+narrow that window to a revoked partition's in-flight batch; closing it needs a
+shared arbiter (a Keeper lock per partition, or one insert per source message
+with `insert_deduplication_token`), which this writer does not have yet. This
+is argued, not tested: no server runs on the machines that test this project.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,12 +43,38 @@ from storage.migrations import check_identifier
 from storage.record import COLUMN_NAMES, Row
 
 DEFAULT_CHUNK_ROWS = 50_000
+_LETTER_COLUMNS = (
+    "received_at",
+    "ingest_source",
+    "reason",
+    "payload",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A row not stored: its id is on record with other content."""
+
+    row: Row
+    stored_hash: int
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"event_id {self.row['event_id']} is already stored with other content "
+            f"(stored content hash {self.stored_hash:032x}, this one {int(self.row['content_hash']):032x}): "
+            "not stored; the first version stays on record"
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     inserted: int
     duplicates: int
+    conflicts: tuple[Conflict, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,58 +88,110 @@ class DeadLetter:
     offset: int = -1
 
 
+def _stored_payload(letter: DeadLetter) -> str:
+    return letter.payload.decode("utf-8", errors="backslashreplace")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest().upper()
+
+
+_LOCKS: dict[tuple[int, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _store_lock(engine: Engine, database: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault((id(engine), database), threading.Lock())
+
+
 class EventWriter:
     def __init__(self, engine: Engine, *, database: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         self._engine = engine
         self._db = check_identifier(database)
         self._chunk_rows = chunk_rows
-        self._lock = threading.Lock()
+        self._lock = _store_lock(engine, self._db)
 
-    def _existing(self, rows: Sequence[Row]) -> set[str]:
-        times = [r["occurred_at"] for r in rows]
+    def _stored_hashes(self, rows: Sequence[Row]) -> dict[str, set[int]]:
         found = self._engine.query(
-            f"SELECT DISTINCT toString(event_id) AS id FROM {self._db}.audit_events "
-            "WHERE occurred_at BETWEEN toDateTime64({lo:String}, 3, 'UTC') "
-            "AND toDateTime64({hi:String}, 3, 'UTC') "
-            "AND event_id IN {ids:Array(UUID)}",
-            params={"lo": min(times), "hi": max(times), "ids": [r["event_id"] for r in rows]},
+            f"SELECT toString(event_id) AS id, groupUniqArray(toString(content_hash)) AS hashes "
+            f"FROM {self._db}.event_keys WHERE event_id IN {{ids:Array(UUID)}} GROUP BY event_id",
+            params={"ids": list({r["event_id"] for r in rows})},
         )
-        return {r["id"] for r in found}
+        return {r["id"]: {int(h) for h in r["hashes"]} for r in found}
 
     def write(self, rows: Sequence[Row]) -> WriteResult:
         """Insert rows not stored yet. Returns once the store acknowledged every chunk."""
         if not rows:
             return WriteResult(0, 0)
         inserted = duplicates = 0
+        conflicts: list[Conflict] = []
         with self._lock:
             for start in range(0, len(rows), self._chunk_rows):
                 chunk = rows[start : start + self._chunk_rows]
-                seen: set[str] = self._existing(chunk)
+                stored = self._stored_hashes(chunk)
                 fresh = []
                 for row in chunk:
-                    if row["event_id"] in seen:
+                    event_id, digest = row["event_id"], int(row["content_hash"])
+                    known = stored.get(event_id)
+                    if known is None:
+                        stored[event_id] = {digest}
+                        fresh.append(row)
+                    elif digest in known or 0 in known:
+                        # 0: a row stored before content hashes, whose content cannot be compared.
                         duplicates += 1
-                        continue
-                    seen.add(row["event_id"])
-                    fresh.append(row)
+                    else:
+                        conflicts.append(Conflict(row, min(known)))
                 if fresh:
                     # One JSON array, which JSONEachRow also reads: one orjson call for the
                     # chunk instead of one per row (0.9 against 6.8 us per row, measured).
                     data = orjson.dumps(fresh)
                     self._engine.insert_json(f"{self._db}.audit_events", columns=COLUMN_NAMES, data=data)
                     inserted += len(fresh)
-        return WriteResult(inserted, duplicates)
+        return WriteResult(inserted, duplicates, tuple(conflicts))
 
-    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+    def _letters_stored(self, letters: Sequence[DeadLetter]) -> set[tuple[str, int, int, str, str]]:
+        """Which of these Kafka dead letters the table holds already. A redelivered message
+        has the same broker timestamp (`received_at`): the lookup reads those instants only."""
+        found = self._engine.query(
+            f"SELECT kafka_topic AS t, kafka_partition AS p, kafka_offset AS o, reason AS r, "
+            f"hex(SHA256(payload)) AS h FROM {self._db}.dead_letters "
+            "WHERE received_at IN {at:Array(DateTime64(3, 'UTC'))} "
+            "AND kafka_offset IN {offsets:Array(Int64)}",
+            params={
+                "at": sorted({d.received_at for d in letters}),
+                "offsets": sorted({d.offset for d in letters}),
+            },
+        )
+        return {(r["t"], int(r["p"]), int(r["o"]), r["r"], r["h"]) for r in found}
+
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> int:
+        """Keep rejected input with its reason. A Kafka message's dead letters are kept once,
+        however often the message is redelivered; returns how many were new."""
         if not letters:
-            return
+            return 0
+        with self._lock:
+            kafka = [d for d in letters if d.topic]
+            if kafka:
+                stored = self._letters_stored(kafka)
+                letters = [
+                    d
+                    for d in letters
+                    if not d.topic
+                    or (d.topic, d.partition, d.offset, d.reason, _digest(_stored_payload(d))) not in stored
+                ]
+            if letters:
+                self._insert_letters(letters)
+        return len(letters)
+
+    def _insert_letters(self, letters: Sequence[DeadLetter]) -> None:
         data = b"\n".join(
             orjson.dumps(
                 {
                     "received_at": d.received_at,
                     "ingest_source": d.source,
                     "reason": d.reason,
-                    "payload": d.payload.decode("utf-8", errors="backslashreplace"),
+                    "payload": _stored_payload(d),
                     "kafka_topic": d.topic,
                     "kafka_partition": d.partition,
                     "kafka_offset": d.offset,
@@ -99,16 +199,4 @@ class EventWriter:
             )
             for d in letters
         )
-        self._engine.insert_json(
-            f"{self._db}.dead_letters",
-            columns=(
-                "received_at",
-                "ingest_source",
-                "reason",
-                "payload",
-                "kafka_topic",
-                "kafka_partition",
-                "kafka_offset",
-            ),
-            data=data,
-        )
+        self._engine.insert_json(f"{self._db}.dead_letters", columns=_LETTER_COLUMNS, data=data)

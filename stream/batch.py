@@ -108,6 +108,28 @@ class BatchOutcome:
     dead_letters: list[Rejected] = field(default_factory=list)
     verdicts: list[bool] = field(default_factory=list)
     messages: int = 0
+    sources: list[tuple[RawMessage, int | None]] = field(default_factory=list)
+    """Per row: the message it came in, and its index when that was an envelope."""
+
+    def without_conflicts(self, conflicts: Sequence[tuple[str, str]]) -> BatchOutcome:
+        """This batch with the rows the store refused as conflicts (event id, reason) moved to
+        the dead letters: they must not reach the SIEM stream as if they were on record."""
+        if not conflicts:
+            return self
+        reasons = dict(conflicts)
+        out = BatchOutcome(
+            dead_letters=list(self.dead_letters), verdicts=self.verdicts, messages=self.messages
+        )
+        for row, event, source in zip(self.rows, self.normalized_events, self.sources, strict=True):
+            reason = reasons.get(row["event_id"])
+            if reason is None:
+                out.rows.append(row)
+                out.normalized_events.append(event)
+                out.sources.append(source)
+            else:
+                message, index = source
+                out.dead_letters.append(Rejected(message, _one_line(reason), orjson.dumps(event), index))
+        return out
 
     @property
     def events(self) -> int:
@@ -228,6 +250,7 @@ def process_batch(
             row = enrich(event, directory, lineage)
             out.rows.append(row)
             out.normalized_events.append(wire_event(event, row, lineage))
+            out.sources.append((message, None if single else index))
             out.verdicts.append(True)
     return out
 

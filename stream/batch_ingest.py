@@ -43,6 +43,8 @@ class IngestReport:
     received: int = 0
     stored: int = 0
     duplicates: int = 0
+    conflicts: int = 0
+    """Of the rejected: events whose id is on record with other content."""
     rejected: list[Rejection] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,6 +52,7 @@ class IngestReport:
             "received": self.received,
             "stored": self.stored,
             "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
             "rejected": [r.__dict__ for r in self.rejected],
         }
 
@@ -99,33 +102,44 @@ class BatchIngestor:
         source = "read-audit" if service_record else self._source
         lineage = Lineage(source=source, received_at_ms=received_at_ms, key_id=key_id)
         rows = []
+        row_items: list[int] = []
         letters = []
+
+        def reject(index: int, reason: str, errors: list[dict[str, str]]) -> None:
+            item = items[index]
+            event_id = item.get("event_id") if isinstance(item, dict) else None
+            report.rejected.append(
+                Rejection(
+                    index=index,
+                    event_id=event_id if isinstance(event_id, str) else None,
+                    reason=reason,
+                    errors=errors,
+                )
+            )
+            received = ms_to_ch_time(received_at_ms)
+            letters.append(
+                DeadLetter(received_at=received, source=source, reason=reason, payload=_payload(item))
+            )
+
         for index, item in enumerate(items):
             try:
                 event = parse_event(item)
                 check_not_in_future(event, lineage, max_future_s=self._max_future_s)
                 check_reserved_action(event, service_record=service_record)
                 rows.append(process(event, directories, lineage))
+                row_items.append(index)
             except InvalidEvent as exc:
-                event_id = item.get("event_id") if isinstance(item, dict) else None
-                report.rejected.append(
-                    Rejection(
-                        index=index,
-                        event_id=event_id if isinstance(event_id, str) else None,
-                        reason=exc.reason,
-                        errors=[e.model_dump() for e in exc.errors],
-                    )
-                )
-                letters.append(
-                    DeadLetter(
-                        received_at=ms_to_ch_time(received_at_ms),
-                        source=source,
-                        reason=exc.reason,
-                        payload=_payload(item),
-                    )
-                )
+                reject(index, exc.reason, [e.model_dump() for e in exc.errors])
         result = self._store.writer.write(rows)
+        if result.conflicts:
+            where = {id(row): index for row, index in zip(rows, row_items, strict=True)}
+            for conflict in result.conflicts:
+                reject(
+                    where[id(conflict.row)], conflict.reason, [{"field": "event_id", "problem": "conflict"}]
+                )
+            report.rejected.sort(key=lambda r: r.index)
         self._store.writer.write_dead_letters(letters)
         report.stored = result.inserted
         report.duplicates = result.duplicates
+        report.conflicts = len(result.conflicts)
         return report

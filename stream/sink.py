@@ -55,6 +55,8 @@ class SinkResult:
     duplicates: int
     dead_lettered: int
     produced: int
+    conflicts: int = 0
+    """Of `dead_lettered`: rows refused because their id is on record with other content."""
 
 
 def producer_config(bootstrap_servers: str, **overrides: Any) -> dict[str, Any]:
@@ -220,17 +222,23 @@ class Sink:
         self._lock = threading.Lock()
 
     def write(self, outcome: BatchOutcome) -> SinkResult:
-        """Store, produce and flush one batch. Raises `StoreError` or `SinkError`; then retry it."""
+        """Store, produce and flush one batch. Raises `StoreError` or `SinkError`; then retry it.
+
+        A row the store refuses as a conflict (its id on record with other content) is
+        dead-lettered with that reason and both hashes instead of produced: whatever the
+        attempt, the same rows conflict, so a retry produces the same records."""
         with self._lock:
             result = self._writer.write(outcome.rows)
-            produced = self._produce(outcome)
-            self._store.writer.write_dead_letters([r.dead_letter() for r in outcome.dead_letters])
+            settled = outcome.without_conflicts([(c.row["event_id"], c.reason) for c in result.conflicts])
+            produced = self._produce(outcome, settled)
+            self._store.writer.write_dead_letters([r.dead_letter() for r in settled.dead_letters])
             self._deliveries = None
         return SinkResult(
             inserted=result.inserted,
             duplicates=result.duplicates,
-            dead_lettered=len(outcome.dead_letters),
+            dead_lettered=len(settled.dead_letters),
             produced=produced,
+            conflicts=len(result.conflicts),
         )
 
     # ---------------------------------------------------------------- kafka
@@ -254,10 +262,10 @@ class Sink:
             )
         return records
 
-    def _produce(self, outcome: BatchOutcome) -> int:
+    def _produce(self, outcome: BatchOutcome, settled: BatchOutcome) -> int:
         state = self._deliveries
         if state is None or state.outcome is not outcome:
-            state = self._deliveries = _Deliveries(outcome, self._records(outcome))
+            state = self._deliveries = _Deliveries(outcome, self._records(settled))
         for _ in range(2):  # the second round only for DLQ records cut to size
             for tag in state.unsent():
                 state.errors.pop(tag, None)

@@ -165,6 +165,7 @@ class Counters:
     rows_stored: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    conflicts: int = 0
     produced: int = 0
     sink_retries: int = 0
     commits_refused: int = 0
@@ -178,6 +179,7 @@ class Counters:
         self.rows_stored += result.inserted
         self.duplicates += result.duplicates
         self.dead_lettered += result.dead_lettered
+        self.conflicts += result.conflicts
         self.produced += result.produced
 
     @property

@@ -11,6 +11,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from producers.contract.event import parse_event
 from producers.contract.permissions import ReadScope
 from storage.engine import Engine
@@ -18,7 +20,6 @@ from storage.migrations import MIGRATIONS, migrate
 from storage.reader import EventFilter, View
 from storage.record import COLUMN_NAMES, COLUMNS
 from storage.store import Store
-from storage.writer import EventWriter
 from stream.steps import Lineage, process
 from tests.grants import ALL, served
 from tests.grants import scope as grants_scope
@@ -159,7 +160,8 @@ def test_migration_4_converts_a_store_made_by_the_old_migration_1(chdb_engine: E
     for sql in OLD_MIGRATION_1:
         chdb_engine.command(sql.replace("{db}", db))
     rows = _rows(_events(60))
-    EventWriter(chdb_engine, database=db).write(rows)  # the writer alone: no migrate() of this release
+    # Written as that release's writer did: one insert into audit_events, no key table yet.
+    chdb_engine.insert_json(f"{db}.audit_events", columns=COLUMN_NAMES, data=orjson.dumps(rows))
     chdb_engine.command(
         f"CREATE TABLE {db}.schema_migrations (version UInt32, name String, applied_at DateTime64(3, 'UTC') "
         "DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
@@ -173,7 +175,7 @@ def test_migration_4_converts_a_store_made_by_the_old_migration_1(chdb_engine: E
                 f"INSERT INTO {db}.schema_migrations (version, name) VALUES ({m.version}, '{m.name}')"
             )
 
-    assert migrate(chdb_engine, db) == [4, 5, 6]
+    assert migrate(chdb_engine, db) == [4, 5, 6, 7]
     store = Store(chdb_engine, database=db)
     tables = {
         r["name"]

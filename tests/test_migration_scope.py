@@ -28,7 +28,7 @@ from tests.grants import only
 # The release's stored columns: today's, with the two per-row token lists around scope_key.
 _OLD_COLUMNS: list[tuple[str, str]] = []
 for _name, _type in COLUMNS:
-    if _name == "ingest_key_id":  # added by migration 6
+    if _name in ("ingest_key_id", "content_hash"):  # added by migrations 6 and 7
         continue
     if _name == "scope_key":
         _OLD_COLUMNS += [("read_scope", "Array(String)"), (_name, _type), ("scope_multi", "Array(String)")]
@@ -133,7 +133,7 @@ def test_migrations_5_and_6_rescope_old_rows_and_move_directory_and_keys(chdb_en
         params={"h": hash_key("alk_old-key")},
     )
 
-    assert migrate(chdb_engine, db) == [5, 6]
+    assert migrate(chdb_engine, db) == [5, 6, 7]
     store = Store(chdb_engine, database=db)
 
     tokens = {
@@ -167,4 +167,7 @@ def test_migrations_5_and_6_rescope_old_rows_and_move_directory_and_keys(chdb_en
     # New writes reach the rebuilt index through the recreated view; migrate is idempotent.
     store.writer.write([process(parse_event(_event(5, "deployment_plan", "plan-1")), directories, lineage)])
     assert store.reader.count(scope=dev, view=plan_log, filters=EventFilter()) == 2
+    # An event stored before content hashes, replayed: a duplicate, never a second copy.
+    replay = store.writer.write([app_row])
+    assert (replay.inserted, replay.duplicates, replay.conflicts) == (0, 1, ())
     assert migrate(chdb_engine, db) == []

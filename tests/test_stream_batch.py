@@ -448,3 +448,18 @@ def test_audit_log_events_are_accepted_only_signed_by_the_query_service(director
             assert "reserved" in outcome.dead_letters[0].reason
     # Without a configured secret nothing can carry audit_log.*, whatever it claims.
     assert process_batch([cases["valid"]], directory).verdicts == [False]
+
+
+def test_a_conflict_leaves_the_siem_stream_and_becomes_a_dead_letter(directory: Directories) -> None:
+    value = encode_envelope([event(1), event(2), event(3)])
+    outcome = process_batch([msg(value, offset=4, content_type=ENVELOPE_CONTENT_TYPE)], directory)
+    refused = outcome.rows[1]["event_id"]
+    settled = outcome.without_conflicts([(refused, "event_id ... is already stored with other content")])
+    assert [r["event_id"] for r in settled.rows] == [outcome.rows[0]["event_id"], outcome.rows[2]["event_id"]]
+    assert [e["event_id"] for e in settled.normalized_events] == [r["event_id"] for r in settled.rows]
+    [dead] = settled.dead_letters
+    assert (dead.index, dead.message.offset) == (1, 4) and "other content" in dead.reason
+    assert orjson.loads(dead.payload)["event_id"] == refused
+    # Counts still add up: every event in is stored, a duplicate, or a dead letter.
+    assert settled.events == outcome.events
+    assert outcome.without_conflicts([]) is outcome
