@@ -45,7 +45,7 @@ def build_embedded(
         )
     auditor = None
     if settings.audit_reads:
-        auditor = ReadAuditor(ingestor, service_host=socket.gethostname())
+        auditor = ReadAuditor(ingestor, service_host=socket.gethostname(), fail_open=settings.audit_fail_open)
     services = Services(
         store=store,
         directory=directories,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -14,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from query_api.admin import router as admin_router
 from query_api.deps import Services
+from query_api.read_audit import ReadNotRecorded
 from query_api.routes import router
 from query_api.ui import STATIC_DIR, STATIC_PATH
 from query_api.ui import router as ui_router
@@ -28,16 +27,7 @@ def _where(loc: tuple[Any, ...]) -> str:
 
 
 def create_app(services: Services) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if services.auditor is not None:
-            services.auditor.start()
-        yield
-        if services.auditor is not None:
-            services.auditor.stop()
-
     app = FastAPI(
-        lifespan=lifespan,
         title="auditlog",
         version="0.1.0",
         description=(
@@ -61,6 +51,17 @@ def create_app(services: Services) -> FastAPI:
         return Response(
             orjson.dumps({"detail": message, "errors": errors}),
             status_code=422,
+            media_type="application/json",
+        )
+
+    @app.exception_handler(ReadNotRecorded)
+    async def _not_recorded(request: Request, exc: ReadNotRecorded) -> Response:
+        # The log is evidence: a read that cannot be put on record is not answered.
+        return Response(
+            orjson.dumps(
+                {"detail": f"this read could not be recorded in the audit log, so it is refused: {exc}"}
+            ),
+            status_code=503,
             media_type="application/json",
         )
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request, status
@@ -18,6 +19,8 @@ from query_api.read_audit import ReadAuditor
 from query_api.sessions import Session, SessionStore
 from query_api.settings import ApiSettings
 from storage.store import MAX_KEY_LENGTH, ApiKey, Store, hash_key, key_id_of
+
+log = logging.getLogger("auditlog.auth")
 
 
 class Ingestor(Protocol):
@@ -123,6 +126,27 @@ class KeyCache:
                 del self._cache[key_hash]
 
 
+class FailedAuthentication:
+    """Refused credentials, logged and counted. The presented secret is never logged: a key's
+    id (a prefix of its SHA-256) is, so that repeated attempts with one key can be told apart."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def record(self, request: Request, presented: str | None, *, via: str) -> None:
+        with self._lock:
+            self.count += 1
+        if not presented:
+            what = "no credentials"
+        elif len(presented) > MAX_KEY_LENGTH:
+            what = f"an overlong credential ({len(presented)} characters)"
+        else:
+            what = f"an unknown, revoked or expired key (id {key_id_of(hash_key(presented))})"
+        client = request.client.host if request.client else "?"
+        log.warning("authentication refused: %s by %s from %s on %s", what, via, client, request.url.path)
+
+
 @dataclass
 class Services:
     store: Store
@@ -132,6 +156,7 @@ class Services:
     ingestor: Ingestor
     settings: ApiSettings
     auditor: ReadAuditor | None = None
+    failed_auth: FailedAuthentication = field(default_factory=FailedAuthentication)
 
 
 def get_services(request: Request) -> Services:
@@ -180,9 +205,15 @@ def get_caller(
     if credentials is not None and credentials.scheme.lower() == "bearer":
         found = services.keys.lookup(credentials.credentials)
         caller = caller_of(found) if found is not None else None
+        if caller is None:
+            services.failed_auth.record(request, credentials.credentials, via="bearer key")
     elif credentials is None:
-        signed_in = caller_from_session(services, request.cookies.get(SESSION_COOKIE))
+        session_id = request.cookies.get(SESSION_COOKIE)
+        signed_in = caller_from_session(services, session_id)
         caller = signed_in[1] if signed_in is not None else None
+        if caller is None:
+            # A session id is a secret too: only whether one was presented is logged.
+            services.failed_auth.record(request, None, via="viewer session" if session_id else "request")
     if caller is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

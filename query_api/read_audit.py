@@ -1,18 +1,25 @@
-"""Reads of the audit log are themselves audited.
+"""Reads of the audit log are themselves audited, before they are answered.
 
 Every view, query, detail and export becomes an event (`audit_log.read` or
 `audit_log.export`) whose actor is the caller and whose details hold the query.
-Its target is the caller's infrastructure, so only holders of *Manage Infrastructure and
-Users* see it. Recording goes through the service's ingestor, like any event,
-but off the request path: a background thread flushes every `interval` seconds,
-so a read costs a queue append, not an insert.
+Its target is the caller's infrastructure, so only holders of *Manage
+Infrastructure and Users* see it. Recording goes through the service's ingestor
+(the store in embedded mode; audit.raw, acknowledged by every in-sync replica,
+in Kafka mode), and `record` returns only once the event is durable there: a
+read answered a moment before a crash is on record. When it cannot be recorded
+the read is refused (`ReadNotRecorded`), unless the service is configured to
+answer anyway (`AUDITLOG_API_AUDIT_FAIL_OPEN`).
+
+Concurrent reads share writes (group commit): the first caller to find no write
+in progress writes every event queued so far, its own included; the others wait
+for the write that carries theirs. So a burst of reads costs a few inserts, not
+one each, and nothing depends on a background thread having been started.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -39,22 +46,37 @@ class _Ingestor(Protocol):
     ) -> Any: ...
 
 
+class ReadNotRecorded(RuntimeError):
+    """The record of a read could not be made durable: the read must not be answered."""
+
+
+class _Ticket:
+    __slots__ = ("error", "event", "settled")
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self.event = event
+        self.error: str | None = None
+        self.settled = threading.Event()
+
+
 class ReadAuditor:
     def __init__(
         self,
         ingestor: _Ingestor,
         *,
         service_host: str = "",
-        interval: float = 1.0,
-        max_queue: int = 100_000,
+        fail_open: bool = False,
+        timeout_s: float = 30.0,
     ) -> None:
         self._ingestor = ingestor
         self._host = service_host
-        self._interval = interval
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_queue)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._flush_lock = threading.Lock()
+        self._fail_open = fail_open
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._writing = threading.Lock()
+        self._pending: list[_Ticket] = []
+        self.not_recorded = 0
+        """Reads whose record failed (answered only when failing open)."""
 
     def record(
         self,
@@ -69,6 +91,7 @@ class ReadAuditor:
         reason: str | None = None,
         target: tuple[str, str] | None = None,
     ) -> None:
+        """Record a read durably; raises `ReadNotRecorded` if that failed (unless failing open)."""
         now = datetime.now(UTC)
         target_kind, target_id = target or ("infrastructure", caller.infrastructure)
         ms = int(now.timestamp() * 1000)
@@ -93,45 +116,44 @@ class ReadAuditor:
             event["actor"]["user_agent"] = user_agent[:4096]
         if request_id:
             event["request_id"] = request_id[:256]
+        self._commit(event)
+
+    def _commit(self, event: dict[str, Any]) -> None:
+        ticket = _Ticket(event)
+        with self._lock:
+            self._pending.append(ticket)
+        deadline = time.monotonic() + self._timeout_s
+        while not ticket.settled.is_set():
+            if self._writing.acquire(blocking=False):
+                try:
+                    with self._lock:
+                        batch, self._pending = self._pending, []
+                    if batch:
+                        self._write(batch)
+                finally:
+                    self._writing.release()
+            elif not ticket.settled.wait(0.005) and time.monotonic() > deadline:
+                ticket.error = f"not written within {self._timeout_s:g} s"
+                break
+        if ticket.error is not None:
+            self.not_recorded += 1
+            if not self._fail_open:
+                raise ReadNotRecorded(ticket.error)
+            log.error("a read of the audit log was answered without its record: %s", ticket.error)
+
+    def _write(self, batch: list[_Ticket]) -> None:
         try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            # Recording must not take the read path down; a full queue means the store is stuck.
-            log.error("read-audit queue full; flushing inline")
-            self.flush()
-            self._queue.put_nowait(event)
-
-    def flush(self) -> int:
-        with self._flush_lock:
-            batch: list[Any] = []
-            while True:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if batch:
-                try:
-                    self._ingestor.ingest(batch, received_at_ms=int(time.time() * 1000), service_record=True)
-                except Exception:
-                    log.exception("could not record %d audit-log reads; will retry", len(batch))
-                    for item in batch:
-                        self._queue.put_nowait(item)
-                    return 0
-            return len(batch)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.flush()
-        self.flush()
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="read-audit", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        self.flush()
+            report = self._ingestor.ingest(
+                [t.event for t in batch], received_at_ms=int(time.time() * 1000), service_record=True
+            )
+            outcome = report.to_dict()
+            failed = {r["index"]: r["reason"] for r in outcome.get("rejected", [])}
+            if outcome.get("pending"):
+                # Kafka mode: not acknowledged in time. Which ones is not known: none counts.
+                failed = {i: "not acknowledged by Kafka in time" for i in range(len(batch))}
+        except Exception as exc:
+            log.exception("could not record %d reads of the audit log", len(batch))
+            failed = {i: f"the store did not take it: {type(exc).__name__}" for i in range(len(batch))}
+        for index, ticket in enumerate(batch):
+            ticket.error = failed.get(index)
+            ticket.settled.set()

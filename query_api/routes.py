@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,11 +23,13 @@ from producers.contract import strict_json
 from producers.contract.event import ENTITY_KINDS, KindName
 from producers.contract.permissions import Caller, ReadScope, may_read_activity_log, may_read_entity
 from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
+from query_api.read_audit import ReadNotRecorded
 from query_api.search import SearchSyntaxError, compile_query
 from query_api.serialize import event_out
 from storage.reader import MAX_PAGE, CursorError, EventFilter, View
 
 router = APIRouter(prefix="/v1")
+log = logging.getLogger("auditlog.api")
 
 Outcome = Literal["success", "failure", "denied"]
 
@@ -351,29 +355,47 @@ def _csv_cell(event: dict[str, Any], path: str) -> str:
     return text
 
 
-def _export_lines(reading: Reading, filters: Filters, fmt: str) -> Iterator[bytes]:
+def _export_lines(reading: Reading, filters: Filters, fmt: str, export_id: str) -> Iterator[bytes]:
+    """The export's bytes. Its end is recorded whatever ends it: the last row sent, the client
+    gone (the server closes this generator), or a failure; with the rows handed over."""
     reader = reading.services.store.reader
     chunk = reading.services.settings.export_chunk_rows
     rows = 0
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
-        writer.writerow(EXPORT_FIELDS)
-        yield buffer.getvalue().encode()
-    for batch in reader.iter_chunks(
-        scope=reading.scope, view=View(), filters=filters.filter, chunk_rows=chunk
-    ):
+    completed = False
+    try:
         if fmt == "csv":
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\r\n")
-            for row in batch:
-                event = event_out(row)
-                writer.writerow([_csv_cell(event, f) for f in EXPORT_FIELDS])
+            writer.writerow(EXPORT_FIELDS)
             yield buffer.getvalue().encode()
-        else:
-            yield b"".join(orjson.dumps(event_out(row)) + b"\n" for row in batch)
-        rows += len(batch)
-    reading.audit("audit_log.export", {"format": fmt, **_query_details(reading.request), "returned": rows})
+        for batch in reader.iter_chunks(
+            scope=reading.scope, view=View(), filters=filters.filter, chunk_rows=chunk
+        ):
+            if fmt == "csv":
+                buffer = io.StringIO()
+                writer = csv.writer(buffer, lineterminator="\r\n")
+                for row in batch:
+                    event = event_out(row)
+                    writer.writerow([_csv_cell(event, f) for f in EXPORT_FIELDS])
+                yield buffer.getvalue().encode()
+            else:
+                yield b"".join(orjson.dumps(event_out(row)) + b"\n" for row in batch)
+            rows += len(batch)
+        completed = True
+    finally:
+        details = {"format": fmt, **_query_details(reading.request), "export_id": export_id}
+        try:
+            reading.audit(
+                "audit_log.export", {**details, "phase": "ended", "returned": rows, "completed": completed}
+            )
+        except ReadNotRecorded:
+            # The rows are already out: nothing left to refuse. The start is on record.
+            log.error(
+                "export %s ended (%d rows, completed=%s) but its end was not recorded",
+                export_id,
+                rows,
+                completed,
+            )
 
 
 @router.get(
@@ -390,8 +412,14 @@ def export(
 ) -> StreamingResponse:
     media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    export_id = str(uuid.uuid4())
+    # On record before the first byte leaves (or refused with 503 if it cannot be).
+    reading.audit(
+        "audit_log.export",
+        {"format": format, **_query_details(reading.request), "export_id": export_id, "phase": "started"},
+    )
     return StreamingResponse(
-        _export_lines(reading, filters, format),
+        _export_lines(reading, filters, format, export_id),
         media_type=media,
         headers={"Content-Disposition": f'attachment; filename="audit-log-{stamp}.{format}"'},
     )

@@ -31,4 +31,8 @@ class ApiSettings(BaseSettings):
         default=300, ge=0, description="an event dated later than its receipt plus this is rejected"
     )
     audit_reads: bool = Field(default=True, description="record every read of the audit log as an event")
+    audit_fail_open: bool = Field(
+        default=False,
+        description="answer a read even when its record could not be written (default: refuse it, 503)",
+    )
     export_chunk_rows: int = Field(default=5_000, ge=100, le=200_000, description="rows per export query")

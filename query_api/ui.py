@@ -533,6 +533,7 @@ async def login(request: Request, services: ServicesDep) -> Response:
     target = (fields.get("next") or [""])[0]
     found = await run_in_threadpool(services.keys.lookup, key)
     if found is None:
+        services.failed_auth.record(request, key, via="viewer sign-in")
         message = "Paste an API key." if not key else "That API key is not valid, or it was revoked."
         return _render(
             request,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import threading
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream.worker_app import WorkerRuntime, build_app, run_faust
 
     settings = _settings(args)
+    if args.with_api and not settings.signing_key:
+        # The API's record of reads must reach the store through this worker: sign it with a
+        # key of this process. Other workers of the group (and this one after a restart) do
+        # not know it: with several, set AUDITLOG_WORKER_SIGNING_KEY on all of them.
+        log.warning("no AUDITLOG_WORKER_SIGNING_KEY: this process signs its API's record of reads alone")
+        settings = settings.model_copy(update={"signing_key": secrets.token_hex(32)})
     runtime = WorkerRuntime(settings)
     api: _ApiThread | None = None
     ingestor: Any = None

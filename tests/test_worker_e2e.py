@@ -161,6 +161,9 @@ class Worker:
             "AUDITLOG_WORKER_FAUST_DATADIR": str(workdir / "faust"),
             "AUDITLOG_KAFKA_SPOOL_DIR": str(workdir / f"api-spool-{uuid.uuid4().hex[:8]}"),
             "AUDITLOG_API_KEY_CACHE_SECONDS": "0",
+            # Reads of the API are recorded as events, which these tests would count as input;
+            # test_the_api_of_a_worker_records_its_reads turns it back on.
+            "AUDITLOG_API_AUDIT_READS": "false",
             **(env or {}),
         }
         self._log = self.log_path.open("wb")
@@ -692,3 +695,41 @@ def test_too_many_rejects_stop_the_worker_with_nothing_committed(
     dlq = read_topic(kafka_bootstrap, topics.dlq, at_least=120)
     assert len(dlq) == 120
     assert lenient.stop() == 0
+
+
+@pytest.mark.kafka
+def test_the_api_of_a_worker_records_its_reads_before_answering(
+    kafka_bootstrap: str, kafka_topic_prefix: str, workdir: Path, workers: list[Worker]
+) -> None:
+    """`worker --with-api`: each read is on audit.raw (acknowledged) before it is answered, and
+    reaches the store through the worker, signed, so it is not refused as a forged audit_log.*."""
+    topics = Topics.for_prefix(kafka_topic_prefix)
+    topics.create(kafka_bootstrap)
+    store = workdir / "store"
+    keys = bootstrap_store(store, workdir, ["u-admin", "u-dev"])
+    publish_directory(kafka_bootstrap, topics.directory, Directory.model_validate(DIRECTORY).snapshots())
+    worker = Worker(
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        store=store,
+        group=f"{kafka_topic_prefix}-g",
+        workdir=workdir,
+        env={"AUDITLOG_API_AUDIT_READS": "true"},
+    )
+    workers.append(worker)
+    worker.wait_api()
+    admin, dev = worker.api(keys["u-admin"]), worker.api(keys["u-dev"])
+    assert dev.get("/v1/events", q="action:application.*").status_code == 200
+
+    def recorded() -> list[dict[str, Any]]:
+        r = admin.get("/v1/events", q="action:audit_log.read actor:u-dev", limit=10)
+        assert r.status_code == 200, r.text
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items
+
+    wait_for("the developer's read on record", lambda: bool(recorded()), 60, detail=worker.tail)
+    [read] = [r for r in recorded() if r["details"].get("view") == "global"]
+    assert read["details"]["query"] == {"q": "action:application.*"}
+    assert read["provenance"]["ingest_source"] == "kafka" and read["infrastructure"] == INFRA
+    stats = worker.stats()
+    assert stats["dead_lettered"] == 0 and stats["balanced"], stats
