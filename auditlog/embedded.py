@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from producers.contract.directory import Directory
 from query_api.app import create_app
-from query_api.deps import DirectoryPublisher, DirectorySource, Ingestor, KeyCache, Services
+from query_api.deps import DirectoryPublisher, DirectorySource, Ingestor, KeyCache, ReadSlots, Services
 from query_api.read_audit import ReadAuditor
 from query_api.sessions import SessionStore
 from query_api.settings import ApiSettings
@@ -50,6 +50,7 @@ def build_embedded(
         store=store,
         directory=directories,
         keys=KeyCache(store, ttl=settings.key_cache_seconds),
+        read_slots=ReadSlots(per_key=settings.reads_per_key, wait_s=30.0),
         sessions=SessionStore(
             absolute_seconds=settings.session_absolute_seconds, idle_seconds=settings.session_idle_seconds
         ),

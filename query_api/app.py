@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -17,6 +18,13 @@ from query_api.routes import router
 from query_api.ui import STATIC_DIR, STATIC_PATH
 from query_api.ui import router as ui_router
 from storage.engine import StoreError
+
+# ClickHouse codes of a read stopped by its limits (storage.reader.ReadLimits).
+_LIMIT_DETAILS = {
+    159: "the query ran past its time limit (AUDITLOG_STORE_QUERY_TIMEOUT_S): narrow its range or search",
+    160: "the query would run past its time limit: narrow its time range or search",
+    241: "the query needed more memory than one read may take (AUDITLOG_STORE_QUERY_MAX_MEMORY_BYTES)",
+}
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -68,13 +76,10 @@ def create_app(services: Services) -> FastAPI:
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> Response:
         # The message may hold SQL; the log has it, the client gets the code only.
-        import logging
-
         logging.getLogger("auditlog.api").error("store error on %s: %s", request.url.path, exc)
+        detail = _LIMIT_DETAILS.get(exc.code or 0, "the store failed to answer")
         return Response(
-            orjson.dumps({"detail": "the store failed to answer", "code": exc.code}),
-            status_code=503,
-            media_type="application/json",
+            orjson.dumps({"detail": detail, "code": exc.code}), status_code=503, media_type="application/json"
         )
 
     @app.get("/", include_in_schema=False)

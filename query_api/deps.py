@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
@@ -147,6 +148,41 @@ class FailedAuthentication:
         log.warning("authentication refused: %s by %s from %s on %s", what, via, client, request.url.path)
 
 
+class ReadSlots:
+    """Fairness between callers: at most `per_key` reads of one key run at once; more wait up
+    to `wait_s` for a turn, then are refused (429). So eight expensive searches from one key
+    hold two of the store's read connections, and another caller's page finds one free."""
+
+    def __init__(self, *, per_key: int, wait_s: float) -> None:
+        self._per_key = per_key
+        self._wait_s = wait_s
+        self._lock = threading.Lock()
+        self._slots: dict[str, list[Any]] = {}  # key -> [semaphore, holders and waiters]
+
+    @contextlib.contextmanager
+    def hold(self, key: str, *, queue: bool = False) -> Iterator[None]:
+        """A turn for `key`; `queue`: wait as long as it takes instead of refusing with 429."""
+        with self._lock:
+            entry = self._slots.setdefault(key, [threading.BoundedSemaphore(self._per_key), 0])
+            entry[1] += 1
+        try:
+            if not entry[0].acquire(timeout=None if queue else self._wait_s):
+                raise HTTPException(
+                    status.HTTP_429_TOO_MANY_REQUESTS,
+                    detail=f"this key already has {self._per_key} reads running: wait for them",
+                    headers={"Retry-After": "1"},
+                )
+            try:
+                yield
+            finally:
+                entry[0].release()
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._slots[key]
+
+
 @dataclass
 class Services:
     store: Store
@@ -157,6 +193,7 @@ class Services:
     settings: ApiSettings
     auditor: ReadAuditor | None = None
     failed_auth: FailedAuthentication = field(default_factory=FailedAuthentication)
+    read_slots: ReadSlots = field(default_factory=lambda: ReadSlots(per_key=2, wait_s=30.0))
 
 
 def get_services(request: Request) -> Services:

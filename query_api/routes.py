@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -168,6 +169,12 @@ class Reading:
     scope: ReadScope
     services: Services
 
+    def turn(self, *, queue: bool = False) -> contextlib.AbstractContextManager[None]:
+        """This caller's turn at the store: at most a few reads of one key at once. `queue`:
+        wait as long as it takes (an export's next chunk: its answer has begun)."""
+        key = self.caller.key_id or self.caller.user_id
+        return self.services.read_slots.hold(key, queue=queue)
+
     def deny(self, detail: str, details: dict[str, Any]) -> HTTPException:
         """A refused read is recorded too: who tried to look is what an auditor asks first."""
         self.audit(
@@ -223,15 +230,20 @@ def _query_details(request: Request) -> dict[str, Any]:
 
 def _page(reading: Reading, view: View, filters: Filters, include_total: bool = False) -> Response:
     reader = reading.services.store.reader
-    try:
-        page = reader.page(
-            scope=reading.scope, view=view, filters=filters.filter, limit=filters.limit, cursor=filters.cursor
-        )
-    except CursorError as exc:
-        raise _bad(str(exc)) from None
-    body: dict[str, Any] = {"items": [event_out(r) for r in page.items], "next_cursor": page.next_cursor}
-    if include_total:
-        body["total"] = reader.count(scope=reading.scope, view=view, filters=filters.filter)
+    with reading.turn():
+        try:
+            page = reader.page(
+                scope=reading.scope,
+                view=view,
+                filters=filters.filter,
+                limit=filters.limit,
+                cursor=filters.cursor,
+            )
+        except CursorError as exc:
+            raise _bad(str(exc)) from None
+        body: dict[str, Any] = {"items": [event_out(r) for r in page.items], "next_cursor": page.next_cursor}
+        if include_total:
+            body["total"] = reader.count(scope=reading.scope, view=view, filters=filters.filter)
     reading.audit(
         "audit_log.read",
         {"view": view.kind, **_query_details(reading.request), "returned": len(page.items)},
@@ -300,9 +312,10 @@ def facets(
     size: Annotated[int, Query(ge=1, le=100, description="values per facet")] = 10,
 ) -> Response:
     reader = reading.services.store.reader
-    result = reader.facets(
-        scope=reading.scope, view=View(), filters=filters.filter, columns=FACETS, size=size
-    )
+    with reading.turn():
+        result = reader.facets(
+            scope=reading.scope, view=View(), filters=filters.filter, columns=FACETS, size=size
+        )
     reading.audit("audit_log.read", {"view": "facets", **_query_details(reading.request)})
     return _json(result)
 
@@ -368,9 +381,14 @@ def _export_lines(reading: Reading, filters: Filters, fmt: str, export_id: str) 
             writer = csv.writer(buffer, lineterminator="\r\n")
             writer.writerow(EXPORT_FIELDS)
             yield buffer.getvalue().encode()
-        for batch in reader.iter_chunks(
+        chunks = reader.iter_chunks(
             scope=reading.scope, view=View(), filters=filters.filter, chunk_rows=chunk
-        ):
+        )
+        while True:
+            with reading.turn(queue=True):
+                batch = next(chunks, None)
+            if batch is None:
+                break
             if fmt == "csv":
                 buffer = io.StringIO()
                 writer = csv.writer(buffer, lineterminator="\r\n")
@@ -431,7 +449,8 @@ def export(
     responses={404: {"description": "no such event, or not visible to the caller"}},
 )
 def one_event(event_id: UUID, reading: ReadingDep) -> Response:
-    row = reading.services.store.reader.get(scope=reading.scope, event_id=str(event_id))
+    with reading.turn():
+        row = reading.services.store.reader.get(scope=reading.scope, event_id=str(event_id))
     reading.audit("audit_log.read", {"view": "event", "event_id": str(event_id), "found": row is not None})
     if row is None:
         # Not found and not allowed look the same: existence is not disclosed.

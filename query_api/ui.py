@@ -432,13 +432,14 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
     try:
         search = compile_query(q, now=now) if q.strip() else None
         chips = _chips(q, path, limit) if search is not None else []
-        page = services.store.reader.page(
-            scope=session.scope,
-            view=log.view,
-            filters=EventFilter(search=search),
-            limit=limit,
-            cursor=cursor,
-        )
+        with services.read_slots.hold(session.caller.key_id):
+            page = services.store.reader.page(
+                scope=session.scope,
+                view=log.view,
+                filters=EventFilter(search=search),
+                limit=limit,
+                cursor=cursor,
+            )
         rows = [_row(event_out(r), session) for r in page.items]
         next_cursor = page.next_cursor
         asked = {k: v for k, v in params.multi_items() if k not in ("cursor", "trail")}
@@ -657,7 +658,8 @@ def event_detail(event_id: str, request: Request, session: CurrentSession, servi
         canonical = str(UUID(event_id))
     except ValueError:
         return _problem(request, session, 404, "Event not found", not_found)
-    row = services.store.reader.get(scope=session.scope, event_id=canonical)
+    with services.read_slots.hold(session.caller.key_id):
+        row = services.store.reader.get(scope=session.scope, event_id=canonical)
     _audit(request, session, services, {"view": "event", "event_id": canonical, "found": row is not None})
     if row is None:
         # Missing and hidden look the same, as in the API: existence is not disclosed.

@@ -10,8 +10,10 @@ speak JSONEachRow in and out, and raise `StoreError` carrying the server's code.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import queue
 import re
 import sys
 import threading
@@ -60,6 +62,7 @@ def _lock_folder(path: str) -> str:
     chDB itself only answers `Error initializing EmbeddedServer: . (BAD_ARGUMENTS)`; the lock
     file names the process, so that a command can tell the operator what to do.
     """
+    os.makedirs(path, exist_ok=True)
     real = os.path.realpath(path)
     with _HELD_LOCK:
         held = _HELD.get(real)
@@ -139,12 +142,19 @@ def _parse_json_each_row(data: bytes) -> list[dict[str, Any]]:
 
 
 class ChdbEngine:
+    """chDB in this process. Writes (inserts, DDL) go through one connection under a lock:
+    a chDB connection is not safe for concurrent use. Reads take one of `read_connections`
+    connections of their own, so one caller's expensive query does not make another's page
+    wait for it (measured: a 5 ms page took 4 ms while a 1.7 s scan ran on another
+    connection of the same store)."""
+
     name = "chdb"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_connections: int = 4) -> None:
         import chdb
         from clickhouse_connect.driver.binding import format_bind_value
 
+        self._chdb = chdb
         self._format = format_bind_value
         self._path = path
         self._held: str | None = _lock_folder(path)
@@ -153,8 +163,10 @@ class ChdbEngine:
         except Exception as exc:
             _unlock_folder(self._held)
             raise StoreError.from_exception(exc) from None
-        # chDB's connection is not safe for concurrent use; the API serves from a thread pool.
         self._lock = threading.RLock()
+        self._idle_readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._readers: list[Any] = []
+        self._reader_slots = threading.BoundedSemaphore(max(1, read_connections))
 
     def _params(self, params: Params | None) -> dict[str, str]:
         return {k: format_param(v, self._format) for k, v in (params or {}).items()}
@@ -167,8 +179,30 @@ class ChdbEngine:
             except Exception as exc:
                 raise StoreError.from_exception(exc) from None
 
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Any]:
+        with self._reader_slots:
+            try:
+                conn = self._idle_readers.get_nowait()
+            except queue.Empty:
+                try:
+                    conn = self._chdb.connect(self._path)  # type: ignore[no-untyped-call]
+                except Exception as exc:
+                    raise StoreError.from_exception(exc) from None
+                with self._lock:
+                    self._readers.append(conn)
+            try:
+                yield conn
+            finally:
+                self._idle_readers.put(conn)
+
     def query(self, sql: str, *, params: Params | None = None) -> list[dict[str, Any]]:
-        result = self._run(sql, params, "JSONEachRow")
+        bound = self._params(params)
+        with self._reader() as conn:
+            try:
+                result = conn.query(sql, "JSONEachRow", params=bound)
+            except Exception as exc:
+                raise StoreError.from_exception(exc) from None
         return _parse_json_each_row(result.bytes())
 
     def command(self, sql: str, *, params: Params | None = None) -> None:
@@ -186,12 +220,12 @@ class ChdbEngine:
 
     def stream(self, sql: str, *, params: Params | None = None) -> Iterator[bytes]:
         bound = self._params(params)
-        # The lock is held for the whole stream: chDB runs one statement at a time.
-        with self._lock:
+        # A read connection is held for the whole stream: one statement at a time on it.
+        with self._reader() as conn:
             try:
-                result = self._conn.send_query(sql, "JSONEachRow", params=bound)
+                result = conn.send_query(sql, "JSONEachRow", params=bound)
             except TypeError:
-                result = self._conn.send_query(sql, "JSONEachRow")
+                result = conn.send_query(sql, "JSONEachRow")
             except Exception as exc:
                 raise StoreError.from_exception(exc) from None
             try:
@@ -208,6 +242,10 @@ class ChdbEngine:
 
     def close(self) -> None:
         with self._lock:
+            for conn in self._readers:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._readers.clear()
             self._conn.close()
             if self._held is not None:
                 _unlock_folder(self._held)

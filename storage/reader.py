@@ -70,6 +70,21 @@ class EventFilter:
 
 
 @dataclass(frozen=True)
+class ReadLimits:
+    """What one read may take of the store: past either limit it fails with the server's code
+    (159 TIMEOUT_EXCEEDED, 241 MEMORY_LIMIT_EXCEEDED) instead of starving other callers."""
+
+    timeout_s: float = 30.0
+    max_memory_bytes: int = 4 * 1024**3
+
+    def clause(self) -> str:
+        # Numbers from typed settings, never from a request: SETTINGS takes no bound parameters.
+        return (
+            f"max_execution_time = {float(self.timeout_s):g}, max_memory_usage = {int(self.max_memory_bytes)}"
+        )
+
+
+@dataclass(frozen=True)
 class View:
     """Which log: the global one, one user's activity, or one entity's change log."""
 
@@ -83,7 +98,7 @@ class View:
         # Reading the time-ordered table backwards would win the planner's vote but scan
         # most of it for one actor; turning read-in-order off lets the by_actor
         # projection serve the query (10M rows: 160 ms -> 40 ms).
-        return " SETTINGS optimize_read_in_order = 0" if self.kind == "activity" else ""
+        return "optimize_read_in_order = 0, " if self.kind == "activity" else ""
 
     def fingerprint(self) -> str:
         return f"{self.kind}:{self.actor_id}:{self.entity_kind}:{self.entity_id}"
@@ -196,9 +211,13 @@ _KEYSET = "(occurred_at, event_id) < (fromUnixTimestamp64Milli({c_ts:Int64}, 'UT
 
 
 class EventReader:
-    def __init__(self, engine: Engine, *, database: str) -> None:
+    def __init__(self, engine: Engine, *, database: str, limits: ReadLimits | None = None) -> None:
         self._engine = engine
         self._db = check_identifier(database)
+        self._limits = (limits or ReadLimits()).clause()
+
+    def _settings(self, view: View) -> str:
+        return f" SETTINGS {view.settings}{self._limits}"
 
     def _rows(self, view: View, where: _Where, *, keyset: bool = False, limited: bool = False) -> str:
         """`FROM ... WHERE ...` of the full rows of `view` that match `where`.
@@ -244,7 +263,7 @@ class EventReader:
         params["limit"] = limit + 1
         sql = (
             f"SELECT {_SELECT} {self._rows(view, where, keyset=bool(cursor), limited=True)} "
-            f"{_NEWEST_FIRST} LIMIT {{limit:UInt32}}{view.settings}"
+            f"{_NEWEST_FIRST} LIMIT {{limit:UInt32}}{self._settings(view)}"
         )
         rows = self._engine.query(sql, params=params)
         next_cursor = None
@@ -258,7 +277,8 @@ class EventReader:
         where = _where(View(), EventFilter(), scope)
         params = {**where.params, "e_id": event_id}
         rows = self._engine.query(
-            f"SELECT {_SELECT} {self._rows(View(), where)} AND event_id = toUUID({{e_id:String}}) LIMIT 1",
+            f"SELECT {_SELECT} {self._rows(View(), where)} AND event_id = toUUID({{e_id:String}}) "
+            f"LIMIT 1{self._settings(View())}",
             params=params,
         )
         return rows[0] if rows else None
@@ -280,7 +300,7 @@ class EventReader:
                 params["c_ts"], params["c_id"] = after
             rows = self._engine.query(
                 f"SELECT {_SELECT} {self._rows(view, where, keyset=after is not None, limited=True)} "
-                f"{_NEWEST_FIRST} LIMIT {{limit:UInt32}}{view.settings}",
+                f"{_NEWEST_FIRST} LIMIT {{limit:UInt32}}{self._settings(view)}",
                 params=params,
             )
             if not rows:
@@ -310,7 +330,7 @@ class EventReader:
             f"{self._rows(view, where)} "
             f"GROUP BY GROUPING SETS ({sets}, ()) "
             f"ORDER BY count DESC, {', '.join(columns)} "
-            f"LIMIT {{f_size:UInt32}} BY ({', '.join(f'g_{c}' for c in columns)}){view.settings}",
+            f"LIMIT {{f_size:UInt32}} BY ({', '.join(f'g_{c}' for c in columns)}){self._settings(view)}",
             params={**where.params, "f_size": size},
         )
         out: dict[str, Any] = {"total": 0, "facets": {c: [] for c in columns}}
@@ -334,5 +354,5 @@ class EventReader:
             source = f"FROM {self._db}.audit_entity_index WHERE {' AND '.join([where.scope, *where.keys])}"
         else:
             source = self._rows(view, where)
-        rows = self._engine.query(f"SELECT count() AS n {source}{view.settings}", params=where.params)
+        rows = self._engine.query(f"SELECT count() AS n {source}{self._settings(view)}", params=where.params)
         return int(rows[0]["n"])

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from producers.contract.directory import Directories, Directory, DirectorySnapshot
 from storage.engine import ChdbEngine, Engine, ServerEngine
 from storage.migrations import check_identifier, migrate
-from storage.reader import EventReader
+from storage.reader import EventReader, ReadLimits
 from storage.writer import EventWriter
 
 log = logging.getLogger("auditlog.store")
@@ -37,6 +37,13 @@ class StoreSettings(BaseSettings):
     )
     database: str = "auditlog"
     insert_chunk_rows: int = Field(default=50_000, ge=1)
+    read_connections: int = Field(
+        default=4, ge=1, le=64, description="chDB: reads that may run at once (each on its own connection)"
+    )
+    query_timeout_s: float = Field(default=30.0, gt=0, description="longest a read may run")
+    query_max_memory_bytes: int = Field(
+        default=4 * 1024**3, ge=64 * 1024**2, description="most memory one read may take"
+    )
 
 
 MAX_KEY_LENGTH: Final = 128
@@ -272,13 +279,18 @@ class KeyRepository:
 
 class Store:
     def __init__(
-        self, engine: Engine, *, database: str = "auditlog", insert_chunk_rows: int = 50_000
+        self,
+        engine: Engine,
+        *,
+        database: str = "auditlog",
+        insert_chunk_rows: int = 50_000,
+        read_limits: ReadLimits | None = None,
     ) -> None:
         self.engine = engine
         self.database = check_identifier(database)
         migrate(engine, self.database)
         self.writer = EventWriter(engine, database=self.database, chunk_rows=insert_chunk_rows)
-        self.reader = EventReader(engine, database=self.database)
+        self.reader = EventReader(engine, database=self.database, limits=read_limits or ReadLimits())
         self.directory = DirectoryRepository(engine, self.database)
         self.keys = KeyRepository(engine, self.database)
 
@@ -288,12 +300,13 @@ class Store:
         engine: Engine
         if s.engine == "chdb":
             s.path.mkdir(parents=True, exist_ok=True)
-            engine = ChdbEngine(str(s.path))
+            engine = ChdbEngine(str(s.path), read_connections=s.read_connections)
         else:
             if not s.url:
                 raise ValueError("AUDITLOG_STORE_URL is required when AUDITLOG_STORE_ENGINE=clickhouse")
             engine = ServerEngine(s.url)
-        return cls(engine, database=s.database, insert_chunk_rows=s.insert_chunk_rows)
+        limits = ReadLimits(timeout_s=s.query_timeout_s, max_memory_bytes=s.query_max_memory_bytes)
+        return cls(engine, database=s.database, insert_chunk_rows=s.insert_chunk_rows, read_limits=limits)
 
     def event_count(self) -> int:
         return int(self.engine.query(f"SELECT count() AS n FROM {self.database}.audit_events")[0]["n"])
