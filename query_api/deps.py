@@ -28,7 +28,13 @@ class Ingestor(Protocol):
     """Takes decoded events, reports per event. Embedded: straight to the store; Kafka: to audit.raw."""
 
     def ingest(
-        self, items: list[Any], *, received_at_ms: int, key_id: str = "", service_record: bool = False
+        self,
+        items: list[Any],
+        *,
+        received_at_ms: int,
+        key_id: str = "",
+        key_infrastructure: str | None = None,
+        service_record: bool = False,
     ) -> Any: ...
 
 

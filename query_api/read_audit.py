@@ -42,7 +42,13 @@ def _is_ip(value: str) -> bool:
 
 class _Ingestor(Protocol):
     def ingest(
-        self, items: list[Any], *, received_at_ms: int, key_id: str = "", service_record: bool = False
+        self,
+        items: list[Any],
+        *,
+        received_at_ms: int,
+        key_id: str = "",
+        key_infrastructure: str | None = None,
+        service_record: bool = False,
     ) -> Any: ...
 
 

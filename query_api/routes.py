@@ -518,7 +518,11 @@ async def ingest(request: Request, caller: CurrentCaller, services: ServicesDep)
         )
     received_at_ms = int(time.time() * 1000)
     report = await run_in_threadpool(
-        services.ingestor.ingest, items, received_at_ms=received_at_ms, key_id=caller.key_id
+        services.ingestor.ingest,
+        items,
+        received_at_ms=received_at_ms,
+        key_id=caller.key_id,
+        key_infrastructure=caller.infrastructure,
     )
     body_out = report.to_dict()
     return _json(body_out, status_code=200 if not body_out["rejected"] else 207)

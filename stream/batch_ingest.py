@@ -23,6 +23,7 @@ from stream.gc_pause import gc_paused
 from stream.steps import (
     DEFAULT_MAX_FUTURE_S,
     Lineage,
+    check_key_infrastructure,
     check_not_in_future,
     check_reserved_action,
     ms_to_ch_time,
@@ -84,18 +85,34 @@ class BatchIngestor:
         self._max_future_s = max_future_s
 
     def ingest(
-        self, items: Sequence[Any], *, received_at_ms: int, key_id: str = "", service_record: bool = False
+        self,
+        items: Sequence[Any],
+        *,
+        received_at_ms: int,
+        key_id: str = "",
+        key_infrastructure: str | None = None,
+        service_record: bool = False,
     ) -> IngestReport:
-        """`key_id`: the credential the items came with, kept on every row. `service_record`:
-        the items are the query service's own record of reads, the only source of the
-        reserved `audit_log.*` actions."""
+        """`key_id`: the credential the items came with, kept on every row; its events must be
+        of `key_infrastructure`. `service_record`: the items are the query service's own record
+        of reads, the only source of the reserved `audit_log.*` actions."""
         with gc_paused():
             return self._ingest(
-                items, received_at_ms=received_at_ms, key_id=key_id, service_record=service_record
+                items,
+                received_at_ms=received_at_ms,
+                key_id=key_id,
+                key_infrastructure=key_infrastructure,
+                service_record=service_record,
             )
 
     def _ingest(
-        self, items: Sequence[Any], *, received_at_ms: int, key_id: str, service_record: bool
+        self,
+        items: Sequence[Any],
+        *,
+        received_at_ms: int,
+        key_id: str,
+        key_infrastructure: str | None,
+        service_record: bool,
     ) -> IngestReport:
         report = IngestReport(received=len(items))
         directories = self._directories()
@@ -125,6 +142,7 @@ class BatchIngestor:
             try:
                 event = parse_event(item)
                 check_not_in_future(event, lineage, max_future_s=self._max_future_s)
+                check_key_infrastructure(event, key_infrastructure)
                 check_reserved_action(event, service_record=service_record)
                 rows.append(process(event, directories, lineage))
                 row_items.append(index)

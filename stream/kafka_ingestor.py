@@ -26,7 +26,7 @@ from typing import Any
 from producers.contract.event import AuditEvent, InvalidEvent, parse_event
 from producers.publisher import DeliveryError, ProducerSettings, Publisher
 from stream.batch_ingest import Rejection
-from stream.steps import check_reserved_action
+from stream.steps import check_key_infrastructure, check_reserved_action
 
 
 @dataclass
@@ -86,7 +86,13 @@ class KafkaIngestor:
                 waiter.settle(event_id, error)
 
     def ingest(
-        self, items: Sequence[Any], *, received_at_ms: int, key_id: str = "", service_record: bool = False
+        self,
+        items: Sequence[Any],
+        *,
+        received_at_ms: int,
+        key_id: str = "",
+        key_infrastructure: str | None = None,
+        service_record: bool = False,
     ) -> KafkaIngestReport:
         """Publish to audit.raw. received_at comes from the broker's timestamp once a worker reads
         the event; the key id is not carried (a header would be the producer's word, not proof):
@@ -97,6 +103,7 @@ class KafkaIngestor:
         for index, item in enumerate(items):
             try:
                 event = parse_event(item)
+                check_key_infrastructure(event, key_infrastructure)
                 check_reserved_action(event, service_record=service_record)
                 valid.append((index, event))
             except InvalidEvent as exc:

@@ -148,6 +148,17 @@ def check_not_in_future(event: AuditEvent, lineage: Lineage, *, max_future_s: fl
         raise InvalidEvent(reason, [FieldError(field="occurred_at", problem="is in the future")])
 
 
+def check_key_infrastructure(event: AuditEvent, key_infrastructure: str | None) -> None:
+    """An API key writes events of its own infrastructure only: one tenant's credential cannot
+    put rows into another tenant's log. None: not posted with a key (Kafka, files, the demo)."""
+    if key_infrastructure is not None and event.infrastructure != key_infrastructure:
+        raise InvalidEvent(
+            f"this API key ingests for infrastructure {key_infrastructure!r} only; the event names "
+            f"{event.infrastructure[:64]!r}",
+            [FieldError(field="infrastructure", problem="is not the key's infrastructure")],
+        )
+
+
 RESERVED_ACTION_PREFIX = "audit_log."
 
 

@@ -65,12 +65,10 @@ class Install:
         self.client = TestClient(self.embedded.app)
         self.admin = make_key(store, "admin", can_ingest=True)
         self.dev = make_key(store, "dev")
-        self.globex_admin = make_key(store, "admin", infrastructure="globex")
-        r = self.client.post(
-            "/v1/events",
-            json=[event("app-1"), event("app-2"), event("app-1", "globex")],
-            headers=auth(self.admin),
-        )
+        self.globex_admin = make_key(store, "admin", infrastructure="globex", can_ingest=True)
+        r = self.client.post("/v1/events", json=[event("app-1"), event("app-2")], headers=auth(self.admin))
+        assert r.status_code == 200, r.text
+        r = self.client.post("/v1/events", json=[event("app-1", "globex")], headers=auth(self.globex_admin))
         assert r.status_code == 200, r.text
 
     def events(self, key: str) -> list[str]:

@@ -625,11 +625,18 @@ def test_events_of_an_infrastructure_not_served_are_dead_lettered_with_the_reaso
     assert r.status_code == 207, r.text
     body = r.json()
     assert body["stored"] == 1 and len(body["rejected"]) == len(HOSTILE)
-    assert all(
-        "is not served by this installation (served: infra-1)" in x["reason"] for x in body["rejected"]
+    # A key writes its own infrastructure's events only.
+    assert all("ingests for infrastructure 'infra-1' only" in x["reason"] for x in body["rejected"])
+    # With a key of an infrastructure this installation does not serve: refused for that.
+    other = make_key(api.store, "bot", infrastructure="globex-other-tenant", can_ingest=True)
+    r = api.client.post(
+        "/v1/events",
+        content=orjson.dumps([event(0, infrastructure="globex-other-tenant")]),
+        headers={**auth(other), "Content-Type": "application/json"},
     )
-    kept = api.dead_letters()
-    assert len(kept) == len(HOSTILE)
+    assert r.status_code == 207 and "is not served by this installation (served: infra-1)" in r.text
+    kept = api.dead_letters()[: len(HOSTILE)]
+    assert len(api.dead_letters()) == len(HOSTILE) + 1
     assert {orjson.loads(k["payload"])["infrastructure"] for k in kept} == set(HOSTILE)
 
 
