@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from fastapi import HTTPException
@@ -16,7 +15,7 @@ from auditlog.embedded import build_embedded
 from query_api.deps import ReadSlots
 from query_api.search import compile_query
 from query_api.settings import ApiSettings
-from storage.engine import ChdbEngine, Engine, StoreError
+from storage.engine import Engine, StoreError
 from storage.reader import EventFilter, ReadLimits, View
 from storage.store import Store
 from tests.grants import ALL, make_key
@@ -24,24 +23,21 @@ from tests.test_export_and_facets import DIRECTORY as FACETS_DIRECTORY
 from tests.test_export_and_facets import _seed_sql
 
 
-def test_a_read_is_answered_while_another_runs(tmp_path: Path) -> None:
-    engine = ChdbEngine(str(tmp_path / "store"), read_connections=2)
-    try:
-        slow_done = threading.Event()
+def test_a_read_is_answered_while_another_runs(chdb_engine: Engine) -> None:
+    # The suite's engine (chDB takes one data folder per process) reads on 4 connections.
+    slow_done = threading.Event()
 
-        def slow() -> None:
-            engine.query("SELECT sleepEachRow(0.4) FROM numbers(3) FORMAT Null")
-            slow_done.set()
+    def slow() -> None:
+        chdb_engine.query("SELECT sleepEachRow(0.4) FROM numbers(3) FORMAT Null")
+        slow_done.set()
 
-        thread = threading.Thread(target=slow)
-        thread.start()
-        time.sleep(0.1)
-        assert engine.query("SELECT 1 AS one") == [{"one": 1}]
-        # Answered before the slow read ended: it did not wait for the store's only lock.
-        assert not slow_done.is_set()
-        thread.join()
-    finally:
-        engine.close()
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.1)
+    assert chdb_engine.query("SELECT 1 AS one") == [{"one": 1}]
+    # Answered before the slow read ended: it did not wait behind it.
+    assert not slow_done.is_set()
+    thread.join()
 
 
 def test_a_read_past_its_time_limit_fails_with_the_servers_code(chdb_engine: Engine) -> None:
