@@ -31,7 +31,7 @@ class ApiSettings(BaseSettings):
         default=300, ge=0, description="an event dated later than its receipt plus this is rejected"
     )
     reads_per_key: int = Field(
-        default=2, ge=1, le=64, description="reads of one key that may run at once; more wait, then get 429"
+        default=1, ge=1, le=64, description="reads of one key that may run at once; more wait, then get 429"
     )
     audit_reads: bool = Field(default=True, description="record every read of the audit log as an event")
     audit_fail_open: bool = Field(
