@@ -29,7 +29,6 @@ from query_api.deps import (
     Services,
     ServicesDep,
 )
-from storage.store import ApiKey
 
 router = APIRouter(prefix="/v1", tags=["administration"])
 
@@ -106,15 +105,11 @@ def expiry_ms(expires_at: datetime | None) -> int | None:
     return ms
 
 
-def _out(key: ApiKey) -> dict[str, Any]:
-    return key.to_public()
-
-
 @router.get("/keys", response_model=list[KeyOut], summary="API keys of the caller's infrastructure")
 def list_keys(caller: CurrentCaller, scope: Scope, services: ServicesDep) -> Response:
     _need_admin(may_manage(scope))
     keys = services.store.keys.list(infrastructure=caller.infrastructure)
-    return Response(orjson.dumps([_out(k) for k in keys]), media_type="application/json")
+    return Response(orjson.dumps([k.to_public() for k in keys]), media_type="application/json")
 
 
 @router.post(
@@ -146,9 +141,11 @@ def create_key(
         can_publish_directory=body.can_publish_directory,
         expires_at_ms=expiry_ms(body.expires_at),
     )
-    _record(request, services, caller, "user.api_key_create", ("user", body.user_id), {"key": _out(created)})
+    _record(
+        request, services, caller, "user.api_key_create", ("user", body.user_id), {"key": created.to_public()}
+    )
     return Response(
-        orjson.dumps({**_out(created), "key": key}), status_code=201, media_type="application/json"
+        orjson.dumps({**created.to_public(), "key": key}), status_code=201, media_type="application/json"
     )
 
 
@@ -172,9 +169,14 @@ def revoke_key(
     services.keys.forget_id(key_id)
     services.sessions.end_for_key_id(key_id)
     _record(
-        request, services, caller, "user.api_key_revoke", ("user", revoked.user_id), {"key": _out(revoked)}
+        request,
+        services,
+        caller,
+        "user.api_key_revoke",
+        ("user", revoked.user_id),
+        {"key": revoked.to_public()},
     )
-    return Response(orjson.dumps(_out(revoked)), media_type="application/json")
+    return Response(orjson.dumps(revoked.to_public()), media_type="application/json")
 
 
 def _parse_directory(body: bytes, content_type: str, infrastructure: str) -> Directory:

@@ -9,33 +9,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from producers.contract.directory import Directories, Directory, DirectorySnapshot
 from producers.contract.permissions import Caller, ReadScope, scope_for
+from query_api.read_audit import Ingestor as Ingestor
 from query_api.read_audit import ReadAuditor
 from query_api.sessions import Session, SessionStore
 from query_api.settings import ApiSettings
 from storage.store import MAX_KEY_LENGTH, ApiKey, Store, hash_key, key_id_of
 
 log = logging.getLogger("auditlog.auth")
-
-
-class Ingestor(Protocol):
-    """Takes decoded events, reports per event. Embedded: straight to the store; Kafka: to audit.raw."""
-
-    def ingest(
-        self,
-        items: list[Any],
-        *,
-        received_at_ms: int,
-        key_id: str = "",
-        key_infrastructure: str | None = None,
-        service_record: bool = False,
-    ) -> Any: ...
 
 
 DirectoryPublisher = Callable[[list[DirectorySnapshot]], object]
@@ -73,7 +60,8 @@ class DirectorySource:
     def replace(self, directory: Directory) -> None:
         """`directory` becomes the whole truth of its infrastructure, now."""
         with self._lock:
-            changes = self._store.directory.changes(directory)
+            stored = self._store.directory.load()
+            changes = self._store.directory.changes(directory, stored=stored)
             if self._publish is not None:
                 try:
                     self._publish(changes)
@@ -81,7 +69,7 @@ class DirectorySource:
                     # Nothing saved: the store must not run ahead of what the workers follow.
                     raise DirectoryNotPublished(str(exc).splitlines()[0][:500]) from None
             self._store.directory.save(changes, version=time.time_ns())
-            self._value = self._store.directory.load()
+            self._value = stored.replaced(directory)
             self._loaded_at = time.monotonic()
 
 

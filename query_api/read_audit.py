@@ -40,7 +40,9 @@ def _is_ip(value: str) -> bool:
     return True
 
 
-class _Ingestor(Protocol):
+class Ingestor(Protocol):
+    """Takes decoded events, reports per event. Embedded: straight to the store; Kafka: to audit.raw."""
+
     def ingest(
         self,
         items: list[Any],
@@ -68,7 +70,7 @@ class _Ticket:
 class ReadAuditor:
     def __init__(
         self,
-        ingestor: _Ingestor,
+        ingestor: Ingestor,
         *,
         service_host: str = "",
         fail_open: bool = False,

@@ -124,10 +124,10 @@ class DirectoryRepository:
             data=data,
         )
 
-    def changes(self, directory: Directory) -> list[DirectorySnapshot]:
+    def changes(self, directory: Directory, *, stored: Directories | None = None) -> list[DirectorySnapshot]:
         """What makes `directory` the whole truth of its infrastructure: every entity it holds,
-        and a tombstone for each stored entity it lacks."""
-        current = self.load().get(directory.infrastructure) or Directory()
+        and a tombstone for each entity `stored` (default: the store's now) has and it lacks."""
+        current = (stored or self.load()).get(directory.infrastructure) or Directory()
         wanted = {s.key: s for s in directory.snapshots()}
         gone = [s.model_copy(update={"entity": None}) for s in current.snapshots() if s.key not in wanted]
         return list(wanted.values()) + gone
@@ -240,10 +240,10 @@ class KeyRepository:
             revoked=bool(int(str(r["revoked"]))),
         )
 
-    def _find(self, where: str, params: dict[str, object]) -> list[tuple[str, ApiKey]]:
+    def _find(self, where: str, params: dict[str, object], *, having: str = "1") -> list[tuple[str, ApiKey]]:
         rows = self._engine.query(
             f"{self._SELECT} FROM {self._db}.api_keys WHERE {where} "
-            "GROUP BY key_hash ORDER BY created_ms, key_hash",
+            f"GROUP BY key_hash HAVING {having} ORDER BY created_ms, key_hash",
             params=params,
         )
         return [(str(r["key_hash"]), self._key(r)) for r in rows]
@@ -261,7 +261,8 @@ class KeyRepository:
     def list(self, *, infrastructure: str | None = None) -> list[ApiKey]:
         if infrastructure is None:
             return [k for _, k in self._find("1", {})]
-        return [k for _, k in self._find("1", {}) if k.infrastructure == infrastructure]
+        found = self._find("1", {"i": infrastructure}, having="infrastructure = {i:String}")
+        return [k for _, k in found]
 
     def revoke(self, key_id: str, *, infrastructure: str | None = None) -> ApiKey | None:
         """Revoke the key named `key_id` (of `infrastructure`, when given); None if there is none."""
@@ -299,7 +300,6 @@ class Store:
         s = settings or StoreSettings()
         engine: Engine
         if s.engine == "chdb":
-            s.path.mkdir(parents=True, exist_ok=True)
             engine = ChdbEngine(str(s.path), read_connections=s.read_connections)
         else:
             if not s.url:

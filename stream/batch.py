@@ -226,6 +226,7 @@ def process_batch(
             reject(message, exc.reason, value)
             continue
         single = not _is_envelope(value, message.headers, items)
+        signed: bool | None = None  # checked once per message, when an event needs it
         lineage = Lineage(
             source="kafka",
             received_at_ms=message.timestamp_ms,
@@ -238,8 +239,9 @@ def process_batch(
                 event = normalize(parse_event(item))
                 check_not_in_future(event, lineage, max_future_s=max_future_s)
                 if event.action.startswith(RESERVED_ACTION_PREFIX):
-                    trusted = signed_by(signing_key, value, message.headers)
-                    check_reserved_action(event, service_record=trusted)
+                    if signed is None:
+                        signed = signed_by(signing_key, value, message.headers)
+                    check_reserved_action(event, service_record=signed)
                 directory = directory_for(event, directories)
             except InvalidEvent as exc:
                 if single:

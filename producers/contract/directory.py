@@ -403,22 +403,12 @@ class Directories:
     def get(self, infrastructure: str) -> Directory | None:
         return self._by_infra.get(infrastructure)
 
-    def __contains__(self, infrastructure: object) -> bool:
-        return infrastructure in self._by_infra
-
-    def __len__(self) -> int:
-        return len(self._by_infra)
-
     def __iter__(self) -> Iterator[Directory]:
         return iter(self._by_infra.values())
 
     @property
     def served(self) -> tuple[str, ...]:
         return tuple(sorted(self._by_infra))
-
-    def only(self) -> Directory | None:
-        """The one directory of a single-infrastructure installation, else None."""
-        return next(iter(self._by_infra.values())) if len(self._by_infra) == 1 else None
 
     def replaced(self, directory: Directory) -> Directories:
         """These directories with `directory` as the whole truth for its infrastructure."""
