@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import get_args
 
 import orjson
 
 from auditlog.admin_client import AdminClient, AdminError
 from producers.contract import strict_json
 from producers.contract.directory import DirectoryError, load_directory
+from producers.contract.event import RejectCode
 from storage.engine import StoreLocked
 from storage.store import Store, StoreSettings
 
@@ -209,6 +211,18 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """Refused input as NDJSON, newest first: every infrastructure's and the unattributed
+    (an operator's view, with the store; administrators read theirs at /v1/dead-letters)."""
+    store = _open_store(args)
+    page = store.dead_letters.page(infrastructure=args.infrastructure, code=args.code, limit=args.limit)
+    for item in page.items:
+        print(orjson.dumps(item).decode())
+    if page.more:
+        print(f"(more than {args.limit} match; raise --limit)", file=sys.stderr)
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest an NDJSON file into the embedded store through the pipeline steps."""
     from storage.writer import DeadLetter
@@ -246,7 +260,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 reason = f"line {number} is not valid JSON: {exc.message}"
                 store.writer.write_dead_letters(
                     [DeadLetter(received_at=ms_to_ch_time(int(time.time() * 1000)), source="file",
-                                reason=reason, payload=line.rstrip(b"\n"))]
+                                reason=reason, payload=line.rstrip(b"\n"), code="not_json")]
                 )  # fmt: skip
                 totals["received"] += 1
                 totals["rejected"] += 1
@@ -383,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     _remote_args(q)
     q.add_argument("key_id")
     q.set_defaults(func=cmd_keys_revoke)
+
+    p = sub.add_parser("dead-letters", help="list refused input (NDJSON, newest first) with its reason")
+    _store_args(p)
+    p.add_argument("--infrastructure", help="only letters of this infrastructure ('' for unattributed)")
+    p.add_argument("--code", choices=get_args(RejectCode))
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_dead_letters)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

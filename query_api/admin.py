@@ -71,7 +71,7 @@ class DirectoryReplaced(BaseModel):
     deployment_plans: int
 
 
-def _record(
+def record_task(
     request: Request, services: Services, caller: Caller, action: str, target: tuple[str, str], details: Any
 ) -> None:
     auditor = services.auditor
@@ -89,7 +89,7 @@ def _record(
     )
 
 
-def _need_admin(scope_ok: bool) -> None:
+def need_admin(scope_ok: bool) -> None:
     if not scope_ok:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this needs Manage Infrastructure and Users")
 
@@ -107,7 +107,7 @@ def expiry_ms(expires_at: datetime | None) -> int | None:
 
 @router.get("/keys", response_model=list[KeyOut], summary="API keys of the caller's infrastructure")
 def list_keys(caller: CurrentCaller, scope: Scope, services: ServicesDep) -> Response:
-    _need_admin(may_manage(scope))
+    need_admin(may_manage(scope))
     keys = services.store.keys.list(infrastructure=caller.infrastructure)
     return Response(orjson.dumps([k.to_public() for k in keys]), media_type="application/json")
 
@@ -126,7 +126,7 @@ def create_key(
     directory: CurrentDirectory,
     services: ServicesDep,
 ) -> Response:
-    _need_admin(may_manage(scope))
+    need_admin(may_manage(scope))
     service_only = body.can_publish_directory and not body.can_ingest
     if body.user_id not in directory.users and not service_only:
         raise HTTPException(
@@ -141,7 +141,7 @@ def create_key(
         can_publish_directory=body.can_publish_directory,
         expires_at_ms=expiry_ms(body.expires_at),
     )
-    _record(
+    record_task(
         request, services, caller, "user.api_key_create", ("user", body.user_id), {"key": created.to_public()}
     )
     return Response(
@@ -162,13 +162,13 @@ def revoke_key(
     scope: Scope,
     services: ServicesDep,
 ) -> Response:
-    _need_admin(may_manage(scope))
+    need_admin(may_manage(scope))
     revoked = services.store.keys.revoke(key_id, infrastructure=caller.infrastructure)
     if revoked is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such key")
     services.keys.forget_id(key_id)
     services.sessions.end_for_key_id(key_id)
-    _record(
+    record_task(
         request,
         services,
         caller,
@@ -215,7 +215,7 @@ def _parse_directory(body: bytes, content_type: str, infrastructure: str) -> Dir
 async def replace_directory(
     request: Request, caller: CurrentCaller, scope: Scope, services: ServicesDep
 ) -> Response:
-    _need_admin(may_manage(scope) or caller.can_publish_directory)
+    need_admin(may_manage(scope) or caller.can_publish_directory)
     body = await request.body()
     if len(body) > MAX_DIRECTORY_BYTES:
         raise HTTPException(
@@ -239,12 +239,12 @@ async def replace_directory(
     }
     target = ("infrastructure", caller.infrastructure)
     await run_in_threadpool(
-        _record, request, services, caller, "infrastructure.directory_replace", target, summary
+        record_task, request, services, caller, "infrastructure.directory_replace", target, summary
     )
     return Response(orjson.dumps(summary), media_type="application/json")
 
 
 @router.get("/directory", summary="The directory of the caller's infrastructure, as stored now")
 def get_directory(caller: CurrentCaller, scope: Scope, directory: CurrentDirectory) -> Response:
-    _need_admin(may_manage(scope) or caller.can_publish_directory)
+    need_admin(may_manage(scope) or caller.can_publish_directory)
     return Response(directory.to_json(), media_type="application/json")

@@ -12,6 +12,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from query_api.admin import router as admin_router
+from query_api.dead_letters import router as dead_letters_router
 from query_api.deps import Services
 from query_api.read_audit import ReadNotRecorded
 from query_api.routes import router
@@ -46,6 +47,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     app.include_router(router)
     app.include_router(admin_router)
+    app.include_router(dead_letters_router)
     app.include_router(ui_router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="ui-static")
 

@@ -170,6 +170,10 @@ SETTINGS index_granularity = 8192
 CREATE TABLE IF NOT EXISTS {db}.dead_letters (
     received_at DateTime64(3, 'UTC'),
     ingest_source LowCardinality(String),
+    infrastructure LowCardinality(String),
+    event_id String,
+    reason_code LowCardinality(String),
+    ingest_key_id LowCardinality(String),
     reason String,
     payload String,
     kafka_topic LowCardinality(String),
@@ -281,6 +285,20 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
             + _EVENT_KEYS_SELECT
             + "\nWHERE event_id NOT IN (SELECT event_id FROM {db}.event_keys)",
             _EVENT_KEYS_VIEW,
+        ),
+        upgrade_only=True,
+    ),
+    Migration(
+        8,
+        "dead_letter_attribution",
+        (
+            # Stores made before this migration kept a dead letter's reason in words only and
+            # could not tell whose it was; their letters keep '' (and code 'invalid').
+            "ALTER TABLE {db}.dead_letters "
+            "ADD COLUMN IF NOT EXISTS infrastructure LowCardinality(String) AFTER ingest_source, "
+            "ADD COLUMN IF NOT EXISTS event_id String AFTER infrastructure, "
+            "ADD COLUMN IF NOT EXISTS reason_code LowCardinality(String) DEFAULT 'invalid' AFTER event_id, "
+            "ADD COLUMN IF NOT EXISTS ingest_key_id LowCardinality(String) AFTER reason_code",
         ),
         upgrade_only=True,
     ),

@@ -16,6 +16,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producers.contract.directory import Directories, Directory, DirectorySnapshot
+from storage.dead_letter_reader import DeadLetterReader
 from storage.engine import ChdbEngine, Engine, ServerEngine
 from storage.migrations import check_identifier, migrate
 from storage.reader import EventReader, ReadLimits
@@ -292,6 +293,7 @@ class Store:
         migrate(engine, self.database)
         self.writer = EventWriter(engine, database=self.database, chunk_rows=insert_chunk_rows)
         self.reader = EventReader(engine, database=self.database, limits=read_limits or ReadLimits())
+        self.dead_letters = DeadLetterReader(engine, database=self.database, limits=read_limits)
         self.directory = DirectoryRepository(engine, self.database)
         self.keys = KeyRepository(engine, self.database)
 

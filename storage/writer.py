@@ -46,6 +46,10 @@ DEFAULT_CHUNK_ROWS = 50_000
 _LETTER_COLUMNS = (
     "received_at",
     "ingest_source",
+    "infrastructure",
+    "event_id",
+    "reason_code",
+    "ingest_key_id",
     "reason",
     "payload",
     "kafka_topic",
@@ -79,6 +83,10 @@ class WriteResult:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """Refused input, kept. `infrastructure` and `event_id` are what the input claims, where
+    it could be read that far ('' otherwise); `code` is a `RejectCode`; `key_id` the API key
+    it was posted with."""
+
     received_at: str
     source: str
     reason: str
@@ -86,6 +94,10 @@ class DeadLetter:
     topic: str = ""
     partition: int = -1
     offset: int = -1
+    infrastructure: str = ""
+    event_id: str = ""
+    code: str = "invalid"
+    key_id: str = ""
 
 
 def _stored_payload(letter: DeadLetter) -> str:
@@ -190,6 +202,10 @@ class EventWriter:
                 {
                     "received_at": d.received_at,
                     "ingest_source": d.source,
+                    "infrastructure": d.infrastructure,
+                    "event_id": d.event_id,
+                    "reason_code": d.code,
+                    "ingest_key_id": d.key_id,
                     "reason": d.reason,
                     "payload": _stored_payload(d),
                     "kafka_topic": d.topic,

@@ -26,7 +26,7 @@ from typing import Any, Final
 import orjson
 
 from producers.contract.directory import Directories
-from producers.contract.event import AuditEvent, InvalidEvent, parse_event
+from producers.contract.event import AuditEvent, InvalidEvent, RejectCode, parse_event
 from producers.envelope import (
     ENVELOPE_CONTENT_TYPE,
     EVENT_CONTENT_TYPE,
@@ -86,6 +86,9 @@ class Rejected:
     reason: str
     payload: bytes
     index: int | None = None
+    code: RejectCode = "invalid"
+    infrastructure: str = ""
+    event_id: str = ""
 
     def dead_letter(self, source: str = "kafka") -> DeadLetter:
         return DeadLetter(
@@ -96,7 +99,25 @@ class Rejected:
             topic=self.message.topic,
             partition=self.message.partition,
             offset=self.message.offset,
+            infrastructure=self.infrastructure,
+            event_id=self.event_id,
+            code=self.code,
         )
+
+
+def claimed(item: object, name: str) -> str:
+    """What refused input says its `infrastructure` or `event_id` is, to file its dead letter
+    under; '' where it says nothing readable."""
+    value = item.get(name) if isinstance(item, dict) else None
+    return value[:256] if isinstance(value, str) else ""
+
+
+def key_infrastructure(key: bytes | None) -> str:
+    """The infrastructure of a message the SDK keyed `infrastructure/kind/id`, for a message
+    refused before its events could be read."""
+    if not key or b"/" not in key:
+        return ""
+    return key.split(b"/", 1)[0].decode("utf-8", errors="replace")[:256]
 
 
 @dataclass
@@ -128,7 +149,17 @@ class BatchOutcome:
                 out.sources.append(source)
             else:
                 message, index = source
-                out.dead_letters.append(Rejected(message, _one_line(reason), orjson.dumps(event), index))
+                out.dead_letters.append(
+                    Rejected(
+                        message,
+                        _one_line(reason),
+                        orjson.dumps(event),
+                        index,
+                        code="conflict",
+                        infrastructure=row["infrastructure"],
+                        event_id=row["event_id"],
+                    )
+                )
         return out
 
     @property
@@ -204,26 +235,38 @@ def process_batch(
     """Decode, validate, normalize and enrich every event of `messages`, in order."""
     out = BatchOutcome(messages=len(messages))
 
-    def reject(message: RawMessage, reason: str, payload: bytes, index: int | None = None) -> None:
-        out.dead_letters.append(Rejected(message, _one_line(reason), payload, index))
+    def reject(
+        message: RawMessage,
+        reason: str,
+        payload: bytes,
+        code: RejectCode,
+        index: int | None = None,
+        item: object = None,
+    ) -> None:
+        infrastructure = claimed(item, "infrastructure") or key_infrastructure(message.key)
+        event_id = claimed(item, "event_id")
+        out.dead_letters.append(
+            Rejected(message, _one_line(reason), payload, index, code, infrastructure, event_id)
+        )
         out.verdicts.append(False)
 
     for message in messages:
         value = message.value
         if value is None:
-            reject(message, "empty message: the record has no value", b"")
+            reject(message, "empty message: the record has no value", b"", "empty")
             continue
         if len(value) > max_message_bytes:
             reject(
                 message,
                 f"message of {len(value)} bytes exceeds the {max_message_bytes}-byte limit; not decoded",
                 value,
+                "too_large",
             )
             continue
         try:
             items = decode_message(value, message.headers)
         except MalformedMessage as exc:
-            reject(message, exc.reason, value)
+            reject(message, exc.reason, value, exc.code)
             continue
         single = not _is_envelope(value, message.headers, items)
         signed: bool | None = None  # checked once per message, when an event needs it
@@ -245,9 +288,9 @@ def process_batch(
                 directory = directory_for(event, directories)
             except InvalidEvent as exc:
                 if single:
-                    reject(message, exc.reason, value)
+                    reject(message, exc.reason, value, exc.code, item=item)
                 else:
-                    reject(message, exc.reason, orjson.dumps(item, default=str), index)
+                    reject(message, exc.reason, orjson.dumps(item, default=str), exc.code, index, item)
                 continue
             row = enrich(event, directory, lineage)
             out.rows.append(row)

@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 
 from producers.contract.directory import Directories
-from producers.contract.event import InvalidEvent, parse_event
+from producers.contract.event import InvalidEvent, RejectCode, parse_event
 from storage.store import Store
 from storage.writer import DeadLetter
+from stream.batch import claimed
 from stream.gc_pause import gc_paused
 from stream.steps import (
     DEFAULT_MAX_FUTURE_S,
@@ -37,6 +38,7 @@ class Rejection:
     event_id: str | None
     reason: str
     errors: list[dict[str, str]]
+    code: RejectCode = "invalid"
 
 
 @dataclass
@@ -122,20 +124,24 @@ class BatchIngestor:
         row_items: list[int] = []
         letters = []
 
-        def reject(index: int, reason: str, errors: list[dict[str, str]]) -> None:
+        def reject(index: int, reason: str, code: RejectCode, errors: list[dict[str, str]]) -> None:
             item = items[index]
-            event_id = item.get("event_id") if isinstance(item, dict) else None
+            event_id = claimed(item, "event_id")
             report.rejected.append(
-                Rejection(
-                    index=index,
-                    event_id=event_id if isinstance(event_id, str) else None,
-                    reason=reason,
-                    errors=errors,
-                )
+                Rejection(index=index, event_id=event_id or None, reason=reason, errors=errors, code=code)
             )
-            received = ms_to_ch_time(received_at_ms)
             letters.append(
-                DeadLetter(received_at=received, source=source, reason=reason, payload=_payload(item))
+                DeadLetter(
+                    received_at=ms_to_ch_time(received_at_ms),
+                    source=source,
+                    reason=reason,
+                    payload=_payload(item),
+                    # A key's letters are its infrastructure's, whatever the input claims.
+                    infrastructure=key_infrastructure or claimed(item, "infrastructure"),
+                    event_id=event_id,
+                    code=code,
+                    key_id=key_id,
+                )
             )
 
         for index, item in enumerate(items):
@@ -147,13 +153,16 @@ class BatchIngestor:
                 rows.append(process(event, directories, lineage))
                 row_items.append(index)
             except InvalidEvent as exc:
-                reject(index, exc.reason, [e.model_dump() for e in exc.errors])
+                reject(index, exc.reason, exc.code, [e.model_dump() for e in exc.errors])
         result = self._store.writer.write(rows)
         if result.conflicts:
             where = {id(row): index for row, index in zip(rows, row_items, strict=True)}
             for conflict in result.conflicts:
                 reject(
-                    where[id(conflict.row)], conflict.reason, [{"field": "event_id", "problem": "conflict"}]
+                    where[id(conflict.row)],
+                    conflict.reason,
+                    "conflict",
+                    [{"field": "event_id", "problem": "is already stored with other content"}],
                 )
             report.rejected.sort(key=lambda r: r.index)
         self._store.writer.write_dead_letters(letters)

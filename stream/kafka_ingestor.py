@@ -165,4 +165,5 @@ def _rejection(index: int, item: Any, exc: InvalidEvent) -> Rejection:
         event_id=event_id if isinstance(event_id, str) else None,
         reason=exc.reason,
         errors=[e.model_dump() for e in exc.errors],
+        code=exc.code,
     )

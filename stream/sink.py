@@ -92,6 +92,7 @@ def dlq_headers(rejected: Rejected) -> KafkaHeaders:
     m = rejected.message
     headers: KafkaHeaders = [
         ("x-reason", rejected.reason.encode()),
+        ("x-reason-code", rejected.code.encode()),
         ("x-source-topic", m.topic.encode()),
         ("x-source-partition", str(m.partition).encode()),
         ("x-source-offset", str(m.offset).encode()),

@@ -126,7 +126,11 @@ def directory_for(event: AuditEvent, directories: Directories) -> Directory:
         reason = (
             f"infrastructure {event.infrastructure!r} is not served by this installation (served: {served})"
         )
-        raise InvalidEvent(reason, [FieldError(field="infrastructure", problem="is not served here")])
+        raise InvalidEvent(
+            reason,
+            [FieldError(field="infrastructure", problem="is not served here")],
+            code="unknown_infrastructure",
+        )
     return directory
 
 
@@ -145,7 +149,9 @@ def check_not_in_future(event: AuditEvent, lineage: Lineage, *, max_future_s: fl
             f"occurred_at {event.occurred_at.isoformat()} is {ahead:,.0f} s after the event was received "
             f"({ms_to_ch_time(lineage.received_at_ms)} UTC); the allowed clock skew is {max_future_s:g} s"
         )
-        raise InvalidEvent(reason, [FieldError(field="occurred_at", problem="is in the future")])
+        raise InvalidEvent(
+            reason, [FieldError(field="occurred_at", problem="is in the future")], code="future"
+        )
 
 
 def check_key_infrastructure(event: AuditEvent, key_infrastructure: str | None) -> None:
@@ -156,6 +162,7 @@ def check_key_infrastructure(event: AuditEvent, key_infrastructure: str | None) 
             f"this API key ingests for infrastructure {key_infrastructure!r} only; the event names "
             f"{event.infrastructure[:64]!r}",
             [FieldError(field="infrastructure", problem="is not the key's infrastructure")],
+            code="foreign_infrastructure",
         )
 
 
@@ -170,6 +177,7 @@ def check_reserved_action(event: AuditEvent, *, service_record: bool) -> None:
             f"action {event.action[:64]!r} is reserved: audit_log.* events are recorded by the query "
             "service itself, and one from elsewhere is refused as forged",
             [FieldError(field="action", problem="is reserved for the query service")],
+            code="forged",
         )
 
 

@@ -56,3 +56,14 @@ def test_ingest_file_reports_bad_lines_and_keeps_them(tmp_path: Path) -> None:
         timeout=120,
     )
     assert orjson.loads(again.stdout.strip().splitlines()[-1])["duplicates"] == 1
+    letters = subprocess.run(
+        [sys.executable, "-m", "auditlog.cli", "dead-letters", "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert letters.returncode == 0, letters.stderr
+    kept = [orjson.loads(line) for line in letters.stdout.splitlines()]
+    # Each run kept both bad lines, with a code beside the words.
+    assert sorted(x["code"] for x in kept) == ["invalid", "invalid", "not_json", "not_json"]
+    assert {x["payload"] for x in kept if x["code"] == "not_json"} == {"not json"}

@@ -98,7 +98,7 @@ def _old_row(row: dict[str, Any], plan_tokens: list[str]) -> dict[str, Any]:
     return {name: old[name] for name, _ in _OLD_COLUMNS}
 
 
-def test_migrations_5_and_6_rescope_old_rows_and_move_directory_and_keys(chdb_engine: Engine) -> None:
+def test_migrations_5_to_8_rescope_old_rows_and_move_directory_and_keys(chdb_engine: Engine) -> None:
     db = "t_m5_" + uuid.uuid4().hex[:8]
     chdb_engine.command(f"CREATE DATABASE {db}")
     for sql in OLD_SCHEMA:
@@ -133,7 +133,11 @@ def test_migrations_5_and_6_rescope_old_rows_and_move_directory_and_keys(chdb_en
         params={"h": hash_key("alk_old-key")},
     )
 
-    assert migrate(chdb_engine, db) == [5, 6, 7]
+    chdb_engine.command(
+        f"INSERT INTO {db}.dead_letters VALUES (now64(3), 'api', 'invalid event: outcome', '{{}}', '', -1, -1)"
+    )
+
+    assert migrate(chdb_engine, db) == [5, 6, 7, 8]
     store = Store(chdb_engine, database=db)
 
     tokens = {
@@ -170,4 +174,12 @@ def test_migrations_5_and_6_rescope_old_rows_and_move_directory_and_keys(chdb_en
     # An event stored before content hashes, replayed: a duplicate, never a second copy.
     replay = store.writer.write([app_row])
     assert (replay.inserted, replay.duplicates, replay.conflicts) == (0, 1, ())
+    # A dead letter kept before attribution: its words stay, filed under no infrastructure.
+    [letter] = store.dead_letters.page(infrastructure=None).items
+    assert (letter["code"], letter["infrastructure"], letter["reason"]) == (
+        "invalid",
+        None,
+        "invalid event: outcome",
+    )
+    assert store.dead_letters.page(infrastructure="acme").items == []
     assert migrate(chdb_engine, db) == []

@@ -246,16 +246,29 @@ class FieldError(BaseModel):
     problem: str
 
 
+RejectCode = Literal[
+    # the event itself
+    "invalid", "future", "forged", "foreign_infrastructure", "unknown_infrastructure", "conflict",
+    # the Kafka message around it (producers.envelope.MalformedCode), and its size
+    "empty", "not_json", "truncated", "envelope_shape", "envelope_version", "content_type", "too_large",
+]  # fmt: skip
+"""Why input was refused, as a stable code kept beside the reason's words on every dead
+letter: what an administrator filters by and a SIEM maps, while the words may change."""
+
+
 class InvalidEvent(Exception):
     """An event that cannot be accepted. `reason` is one line fit for a DLQ header."""
 
-    def __init__(self, reason: str, errors: list[FieldError] | None = None) -> None:
+    def __init__(
+        self, reason: str, errors: list[FieldError] | None = None, *, code: RejectCode = "invalid"
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.errors = errors or []
+        self.code: RejectCode = code
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "errors": [e.model_dump() for e in self.errors]}
+        return {"reason": self.reason, "code": self.code, "errors": [e.model_dump() for e in self.errors]}
 
 
 def _field_errors(exc: ValidationError) -> list[FieldError]:
