@@ -134,7 +134,8 @@ def test_migrations_5_to_8_rescope_old_rows_and_move_directory_and_keys(chdb_eng
     )
 
     chdb_engine.command(
-        f"INSERT INTO {db}.dead_letters VALUES (now64(3), 'api', 'invalid event: outcome', '{{}}', '', -1, -1)"
+        f"INSERT INTO {db}.dead_letters VALUES "
+        "(now64(3), 'api', 'invalid event: outcome', '{}', '', -1, -1)"
     )
 
     assert migrate(chdb_engine, db) == [5, 6, 7, 8]
