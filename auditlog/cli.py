@@ -227,7 +227,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest an NDJSON file into the embedded store through the pipeline steps."""
     from storage.writer import DeadLetter
     from stream.batch_ingest import BatchIngestor
-    from stream.steps import ms_to_ch_time
+    from stream.messages import ms_to_ch_time
 
     store = _open_store(args)
     directory = store.directory.load()
@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
 
 try:
-    from stream.cli_worker import register as _register_worker
+    from auditlog.worker import register as _register_worker
 
     _EXTRA_COMMANDS.append(_register_worker)
 except ImportError:

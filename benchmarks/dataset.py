@@ -151,7 +151,8 @@ def _occurred_ms(ev: dict[str, Any]) -> int:
 
 def build(scale: Scale, store_path: Path, meta_path: Path) -> dict[str, Any]:
     from storage.store import Store, StoreSettings
-    from stream.steps import Lineage, process
+    from stream.messages import Lineage
+    from stream.transform import process
 
     timings: dict[str, float] = {}
     store = Store.open(StoreSettings(path=store_path, database=DATABASE))

@@ -141,7 +141,7 @@ def prepare_store(store: Path) -> str:
 
 
 def _settings(bootstrap: str, prefix: str) -> Any:
-    from stream.worker_app import WorkerSettings
+    from stream.settings import WorkerSettings
 
     return WorkerSettings(
         bootstrap_servers=bootstrap,
@@ -281,7 +281,7 @@ def _publish_all(bootstrap: str, topic: str, events: list[dict[str, Any]], spool
 
 
 def _ensure_topics(bootstrap: str, prefix: str) -> None:
-    from stream.worker_app import ensure_topics
+    from stream.topics import ensure_topics
 
     ensure_topics(_settings(bootstrap, prefix))
 

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from producers.publisher import ProducerSettings, Publisher  # noqa: E402
-from stream.worker_app import WorkerSettings, ensure_topics  # noqa: E402
+from stream.settings import WorkerSettings  # noqa: E402
+from stream.topics import ensure_topics  # noqa: E402
 
 ENTITIES = 500
 

@@ -26,7 +26,7 @@ from typing import Any
 from producers.contract.event import AuditEvent, InvalidEvent, parse_event
 from producers.publisher import DeliveryError, ProducerSettings, Publisher
 from stream.batch_ingest import Rejection
-from stream.steps import check_key_infrastructure, check_reserved_action
+from stream.transform import check_key_infrastructure, check_reserved_action
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The SIEM rendering of a normalized event in OCSF (Open Cybersecurity Schema Framework, 1.3).
 
-Pure: a function of the wire event that `stream.batch` builds (the same shape the
+Pure: a function of the wire event that `stream.transform.wire_event` builds (the same shape the
 query API returns), so the OCSF stream is as replayable as the stored rows.
 
 Which class an audit task becomes (DESIGN 3):
@@ -108,7 +108,7 @@ def _resource(ref: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_ocsf(event: dict[str, Any]) -> dict[str, Any]:
-    """One wire event (as built by `stream.batch.wire_event`) as an OCSF event."""
+    """One wire event (as built by `stream.transform.wire_event`) as an OCSF event."""
     action: str = event["action"]
     _, _, verb = action.partition(".")
     target: dict[str, Any] = event["target"]

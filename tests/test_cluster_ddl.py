@@ -41,7 +41,7 @@ from storage.engine import Engine, StoreError
 from storage.migrations import MIGRATIONS, Migration, migrate
 from storage.record import COLUMNS, KEY_COLUMNS
 from storage.store import StoreSettings
-from stream.worker_app import WorkerSettings
+from stream.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

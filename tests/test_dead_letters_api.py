@@ -13,7 +13,8 @@ from producers.contract.directory import Directory
 from query_api.settings import ApiSettings
 from storage.reader import EventFilter, View
 from storage.store import Store
-from stream.batch import RawMessage, process_batch
+from stream.messages import RawMessage
+from stream.steps.decode import decode_batch
 from tests.grants import make_key, scope, served
 
 ROLES = [
@@ -92,7 +93,7 @@ def test_kafka_rejects_are_filed_under_the_infrastructure_they_claim() -> None:
     def message(value: bytes, key: bytes | None, offset: int) -> RawMessage:
         return RawMessage(value, (), "audit.raw", 0, offset, 1_792_000_000_000, key)
 
-    outcome = process_batch(
+    outcome = decode_batch(
         [
             message(b"not json", b"globex/application/app-9", 1),
             message(orjson.dumps(event(str(uuid.uuid4()), "initech")), b"initech/application/app-1", 2),
@@ -100,6 +101,6 @@ def test_kafka_rejects_are_filed_under_the_infrastructure_they_claim() -> None:
         ],
         served("acme"),
     )
-    got = [(d.code, d.infrastructure) for d in outcome.dead_letters]
+    got = [(d.code, d.infrastructure) for d in outcome.rejects]
     assert got == [("not_json", "globex"), ("unknown_infrastructure", "initech"), ("invalid", "acme")]
-    assert outcome.dead_letters[2].dead_letter().event_id
+    assert outcome.rejects[2].dead_letter().event_id

@@ -32,7 +32,8 @@ from producers.contract.event import ENTITY_KINDS, parse_event
 from producers.contract.permissions import Caller, ReadScope, scope_for
 from storage.store import Store
 from stream.batch_ingest import BatchIngestor
-from stream.steps import Lineage, process
+from stream.messages import Lineage
+from stream.transform import process
 
 END = datetime(2026, 3, 2, 17, 30, 12, 345000, tzinfo=UTC)
 SEED = 7

@@ -17,7 +17,7 @@ from auditlog.embedded import build_embedded
 from producers.contract.directory import Directory, DirectorySnapshot, assemble_directory, load_directory
 from producers.directory_publisher import publish_snapshots, snapshot_publisher
 from storage.store import Store
-from stream.worker_app import parse_directory_record
+from stream.directory_follower import parse_directory_record
 from tests.grants import make_key
 
 DIRECTORY_YAML = """

@@ -24,7 +24,8 @@ from query_api.search import compile_query
 from storage.engine import Engine, ServerEngine, StoreError
 from storage.reader import EventFilter, View
 from storage.store import Store
-from stream.steps import Lineage, process
+from stream.messages import Lineage
+from stream.transform import process
 from tests.grants import ALL, scope, served
 
 DEV = scope(apps=["app-1"])

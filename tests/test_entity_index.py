@@ -20,7 +20,8 @@ from storage.migrations import MIGRATIONS, migrate
 from storage.reader import EventFilter, View
 from storage.record import COLUMN_NAMES, COLUMNS
 from storage.store import Store
-from stream.steps import Lineage, process
+from stream.messages import Lineage
+from stream.transform import process
 from tests.grants import ALL, served
 from tests.grants import scope as grants_scope
 

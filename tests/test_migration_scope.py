@@ -22,7 +22,8 @@ from storage.migrations import MIGRATIONS, migrate
 from storage.reader import EventFilter, View
 from storage.record import COLUMNS, KEY_COLUMNS
 from storage.store import Store, hash_key
-from stream.steps import Lineage, process
+from stream.messages import Lineage
+from stream.transform import process
 from tests.grants import only
 
 # The release's stored columns: today's, with the two per-row token lists around scope_key.

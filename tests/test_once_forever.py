@@ -18,7 +18,8 @@ from query_api.settings import ApiSettings
 from storage.reader import EventFilter, View
 from storage.store import Store
 from storage.writer import DeadLetter, EventWriter
-from stream.steps import Lineage, process
+from stream.messages import Lineage
+from stream.transform import process
 from tests.grants import ALL, make_key, served
 
 LINEAGE = Lineage(source="test", received_at_ms=1_792_000_000_000)

@@ -16,7 +16,8 @@ from producers.contract.permissions import ReadScope
 from query_api.search import SearchSyntaxError, compile_query, parse, parse_time, tokenize
 from storage.reader import EventFilter, View
 from storage.store import Store
-from stream.steps import Lineage, process
+from stream.messages import Lineage
+from stream.transform import process
 from tests.grants import ALL, scope, served
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

@@ -14,7 +14,8 @@ import pytest
 
 from producers.contract.directory import Directories, Directory, load_directory
 from producers.contract.event import InvalidEvent, parse_event
-from stream.steps import Lineage, canonical_action, normalize, process
+from stream.messages import Lineage
+from stream.transform import canonical_action, normalize, process
 
 GOLDEN = Path(__file__).parent / "golden"
 LINEAGE = Lineage(source="kafka", received_at_ms=1_792_000_000_123, topic="audit.raw", partition=2, offset=41)

@@ -16,7 +16,8 @@ from storage.migrations import MIGRATIONS, migrate
 from storage.reader import EventFilter, View
 from storage.record import COLUMNS
 from storage.store import Store
-from stream.steps import Lineage, process
+from stream.messages import Lineage
+from stream.transform import process
 from tests.grants import ALL, NOBODY, make_key, scope, served
 
 LINEAGE = Lineage(source="test", received_at_ms=1_790_000_000_000)

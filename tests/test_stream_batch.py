@@ -25,15 +25,14 @@ from producers.envelope import (
     encode_envelope,
     signature,
 )
-from stream.batch import (
-    BatchOutcome,
-    RawMessage,
-    RejectGuard,
-    TooManyRejects,
-    process_batch,
-)
+from storage.store import Store
+from stream.faust_edge import next_offsets, slices
+from stream.messages import Batch, RawMessage
 from stream.ocsf import to_ocsf
-from stream.worker_app import next_offsets, slices
+from stream.steps.decode import decode_batch
+from stream.steps.guard import RejectGuard, TooManyRejects
+from stream.steps.insert import Insert
+from stream.steps.retry import once
 
 GOLDEN = Path(__file__).parent / "golden"
 TS = 1_792_000_000_123
@@ -86,14 +85,14 @@ def event(i: int = 0, **changes: Any) -> dict[str, Any]:
     return base
 
 
-def dump(outcome: BatchOutcome) -> bytes:
+def dump(outcome: Batch) -> bytes:
     return orjson.dumps(
         {
             "rows": outcome.rows,
-            "events": outcome.normalized_events,
+            "events": outcome.events,
             "dead": [
                 {"reason": r.reason, "payload": r.payload.decode(errors="replace"), "index": r.index}
-                for r in outcome.dead_letters
+                for r in outcome.rejects
             ],
             "verdicts": outcome.verdicts,
         }
@@ -107,12 +106,12 @@ def test_envelope_of_golden_events_gives_the_golden_rows(directory: Directories)
     # The golden rows were made with lineage audit.raw / partition 2 / offset 41 / broker ts TS.
     value = encode_envelope(golden_events())
     message = msg(value, partition=2, offset=41, content_type=ENVELOPE_CONTENT_TYPE)
-    outcome = process_batch([message], directory)
+    outcome = decode_batch([message], directory)
     out = b"".join(orjson.dumps(r) + b"\n" for r in outcome.rows)
     assert out == (GOLDEN / "rows_out.ndjson").read_bytes()
-    assert outcome.dead_letters == []
+    assert outcome.rejects == []
     assert outcome.messages == 1
-    assert outcome.events == len(golden_events())
+    assert outcome.received == len(golden_events())
 
 
 def test_single_event_messages_and_envelopes_give_the_same_rows_but_their_own_lineage(
@@ -121,8 +120,8 @@ def test_single_event_messages_and_envelopes_give_the_same_rows_but_their_own_li
     events = golden_events()
     singles = [msg(orjson.dumps(e), offset=100 + i) for i, e in enumerate(events)]
     envelope = msg(encode_envelope(events), offset=7)
-    a = process_batch(singles, directory).rows
-    b = process_batch([envelope], directory).rows
+    a = decode_batch(singles, directory).rows
+    b = decode_batch([envelope], directory).rows
     lineage = {"kafka_offset"}
     assert [{k: v for k, v in r.items() if k not in lineage} for r in a] == [
         {k: v for k, v in r.items() if k not in lineage} for r in b
@@ -139,18 +138,18 @@ def test_replay_gives_identical_output(directory: Directories) -> None:
         msg(orjson.dumps(events[5]), offset=3),
         msg(encode_envelope([*events[6:], {"schema_version": 1}]), offset=4),
     ]
-    first, second = process_batch(messages, directory), process_batch(list(messages), directory)
+    first, second = decode_batch(messages, directory), decode_batch(list(messages), directory)
     assert dump(first) == dump(second)
     # A directory rebuilt from its own snapshots (as the worker does from audit.directory) enriches the same.
     rebuilt = Directories.assemble(directory.snapshots())
-    assert dump(process_batch(messages, rebuilt)) == dump(first)
+    assert dump(decode_batch(messages, rebuilt)) == dump(first)
 
 
 def test_received_at_is_the_broker_timestamp_not_the_clock(directory: Directories) -> None:
     earlier = event(occurred_at="2023-11-14T22:00:00Z")
-    outcome = process_batch([msg(orjson.dumps(earlier), ts=1_700_000_000_007)], directory)
+    outcome = decode_batch([msg(orjson.dumps(earlier), ts=1_700_000_000_007)], directory)
     assert outcome.rows[0]["received_at"] == "2023-11-14 22:13:20.007"
-    assert outcome.normalized_events[0]["received_at"] == "2023-11-14T22:13:20.007Z"
+    assert outcome.events[0]["received_at"] == "2023-11-14T22:13:20.007Z"
 
 
 def test_normalized_event_is_the_api_shape_with_enrichment_and_lineage(directory: Directories) -> None:
@@ -159,8 +158,8 @@ def test_normalized_event_is_the_api_shape_with_enrichment_and_lineage(directory
         actor={"id": "u-andrea", "name": "a"},
         related=[{"kind": "environment", "id": "env-prod"}, {"kind": "environment", "id": "env-prod"}],
     )
-    outcome = process_batch([msg(orjson.dumps(raw), partition=1, offset=9)], directory)
-    wire = outcome.normalized_events[0]
+    outcome = decode_batch([msg(orjson.dumps(raw), partition=1, offset=9)], directory)
+    wire = outcome.events[0]
     assert wire["action"] == "application.deploy"
     assert wire["actor"]["name"] == "Andrea Fleet"
     assert wire["target"] == {"kind": "application", "id": "app-billing", "name": "Billing Portal"}
@@ -177,14 +176,14 @@ def test_normalized_event_is_the_api_shape_with_enrichment_and_lineage(directory
 def test_one_bad_event_in_an_envelope_is_dead_lettered_alone(directory: Directories) -> None:
     bad = event(2, actor={"id": 42})
     value = encode_envelope([event(1), bad, event(3)])
-    outcome = process_batch([msg(value, offset=5, content_type=ENVELOPE_CONTENT_TYPE)], directory)
+    outcome = decode_batch([msg(value, offset=5, content_type=ENVELOPE_CONTENT_TYPE)], directory)
     assert [r["event_id"] for r in outcome.rows] == [event(1)["event_id"], event(3)["event_id"]]
     assert outcome.verdicts == [True, False, True]
-    [dead] = outcome.dead_letters
+    [dead] = outcome.rejects
     assert dead.index == 1
     assert orjson.loads(dead.payload) == bad
     assert "actor.id" in dead.reason
-    assert dead.message.offset == 5
+    assert dead.lineage.offset == 5
     letter = dead.dead_letter()
     assert (letter.topic, letter.partition, letter.offset, letter.source) == ("audit.raw", 0, 5, "kafka")
 
@@ -192,7 +191,7 @@ def test_one_bad_event_in_an_envelope_is_dead_lettered_alone(directory: Director
 def test_envelope_of_one_bad_event_keeps_the_event_not_the_envelope(directory: Directories) -> None:
     bad = event(1, schema_version=9)
     value = encode_envelope([bad])
-    [dead] = process_batch([msg(value)], directory).dead_letters
+    [dead] = decode_batch([msg(value)], directory).rejects
     assert orjson.loads(dead.payload) == bad
     assert dead.index == 0
 
@@ -200,7 +199,7 @@ def test_envelope_of_one_bad_event_keeps_the_event_not_the_envelope(directory: D
 def test_a_bad_single_event_message_keeps_its_original_bytes(directory: Directories) -> None:
     value = b'{"schema_version": 1,   "event_id": "nope"}'
     for content_type in (None, EVENT_CONTENT_TYPE):
-        [dead] = process_batch([msg(value, content_type=content_type)], directory).dead_letters
+        [dead] = decode_batch([msg(value, content_type=content_type)], directory).rejects
         assert dead.payload == value
         assert dead.index is None
 
@@ -231,26 +230,26 @@ def test_bad_messages_become_dead_letters_with_a_reason(
 ) -> None:
     good = msg(orjson.dumps(event(1)), offset=1)
     bad = msg(value, offset=2)
-    outcome = process_batch([good, bad, msg(orjson.dumps(event(3)), offset=3)], directory)
+    outcome = decode_batch([good, bad, msg(orjson.dumps(event(3)), offset=3)], directory)
     assert len(outcome.rows) == 2
-    [dead] = outcome.dead_letters
+    [dead] = outcome.rejects
     assert reason_part in dead.reason
     assert dead.payload == (value or b"")
-    assert dead.message.offset == 2
+    assert dead.lineage.offset == 2
     assert "\n" not in dead.reason and len(dead.reason) <= 1000
     assert outcome.verdicts == [True, False, True]
-    assert outcome.events == 3
+    assert outcome.received == 3
 
 
 def test_a_large_event_under_the_message_limit_is_judged_by_the_contract(directory: Directories) -> None:
     value = orjson.dumps(event(details={"blob": "y" * TEN_MB}))
-    [dead] = process_batch([msg(value)], directory, max_message_bytes=16 * 1024 * 1024).dead_letters
+    [dead] = decode_batch([msg(value)], directory, max_message_bytes=16 * 1024 * 1024).rejects
     assert "details" in dead.reason and "larger than" in dead.reason
     assert dead.payload == value
 
 
 def test_unknown_content_type_is_dead_lettered(directory: Directories) -> None:
-    [dead] = process_batch([msg(orjson.dumps(event()), content_type="text/csv")], directory).dead_letters
+    [dead] = decode_batch([msg(orjson.dumps(event()), content_type="text/csv")], directory).rejects
     assert "content-type" in dead.reason
 
 
@@ -260,23 +259,23 @@ def test_accounting_counts_every_event_once(directory: Directories) -> None:
         msg(b"garbage", offset=1),
         msg(orjson.dumps(event(50)), offset=2),
     ]
-    outcome = process_batch(messages, directory)
+    outcome = decode_batch(messages, directory)
     assert outcome.messages == 3
-    assert outcome.events == 13 == len(outcome.rows) + len(outcome.dead_letters)
-    assert len(outcome.normalized_events) == len(outcome.rows) == 11
+    assert outcome.received == 13 == len(outcome.rows) + len(outcome.rejects)
+    assert len(outcome.events) == len(outcome.rows) == 11
     assert len(outcome.verdicts) == 13
 
 
 def test_bugs_are_not_dead_lettered(directory: Directories, monkeypatch: pytest.MonkeyPatch) -> None:
     # Only typed bad input goes to the DLQ; a failing step must stop the worker instead.
-    import stream.batch
+    import stream.core
 
     def broken(*args: Any) -> Any:
         raise KeyError("bug")
 
-    monkeypatch.setattr(stream.batch, "enrich", broken)
+    monkeypatch.setattr(stream.core, "enrich", broken)
     with pytest.raises(KeyError):
-        process_batch([msg(orjson.dumps(event()))], directory)
+        decode_batch([msg(orjson.dumps(event()))], directory)
 
 
 # ---------------------------------------------------------------- reject guard
@@ -327,7 +326,7 @@ def test_guard_is_fed_by_batch_verdicts(directory: Directories) -> None:
     guard = RejectGuard(max_ratio=0.2, max_consecutive=1000, min_sample=5, window=100)
     garbage = [msg(b"\x00", offset=i) for i in range(10)]
     with pytest.raises(TooManyRejects):
-        guard.observe(process_batch(garbage, directory).verdicts)
+        guard.observe(decode_batch(garbage, directory).verdicts)
 
 
 # ---------------------------------------------------------------- OCSF rendering
@@ -349,7 +348,7 @@ def test_ocsf_classes(
     directory: Directories, action: str, target: dict[str, str], class_uid: int, activity_id: int
 ) -> None:
     raw = event(action=action, target=target, outcome="denied", reason="no rights")
-    wire = process_batch([msg(orjson.dumps(raw))], directory).normalized_events[0]
+    wire = decode_batch([msg(orjson.dumps(raw))], directory).events[0]
     out = to_ocsf(wire)
     assert out["class_uid"] == class_uid
     assert out["activity_id"] == activity_id
@@ -388,10 +387,10 @@ def test_offsets_to_commit_are_the_last_offset_plus_one_per_partition() -> None:
 def test_an_event_for_an_infrastructure_not_served_is_dead_lettered_alone(directory: Directories) -> None:
     other = event(2, infrastructure="globex-other-tenant")
     value = encode_envelope([event(1), other, event(3)])
-    outcome = process_batch([msg(value, offset=7, content_type=ENVELOPE_CONTENT_TYPE)], directory)
+    outcome = decode_batch([msg(value, offset=7, content_type=ENVELOPE_CONTENT_TYPE)], directory)
     assert outcome.verdicts == [True, False, True]
-    [dead] = outcome.dead_letters
-    assert dead.index == 1 and dead.message.offset == 7
+    [dead] = outcome.rejects
+    assert dead.index == 1 and dead.lineage.offset == 7
     assert "'globex-other-tenant' is not served by this installation (served: acme)" in dead.reason
     assert orjson.loads(dead.payload)["infrastructure"] == "globex-other-tenant"
     assert [r["infrastructure"] for r in outcome.rows] == ["acme", "acme"]
@@ -399,7 +398,7 @@ def test_an_event_for_an_infrastructure_not_served_is_dead_lettered_alone(direct
 
 def test_a_message_with_duplicate_keys_is_dead_lettered_not_resolved(directory: Directories) -> None:
     value = orjson.dumps(event(1))[:-1] + b',"actor":{"id":"mallory"}}'
-    [dead] = process_batch([msg(value)], directory).dead_letters
+    [dead] = decode_batch([msg(value)], directory).rejects
     assert "duplicate key 'actor'" in dead.reason
     assert dead.payload == value  # the original bytes, for whoever investigates
 
@@ -411,15 +410,13 @@ def test_an_event_dated_after_its_broker_timestamp_plus_the_skew_is_dead_lettere
     ok = event(1, occurred_at="2026-10-14T17:50:00Z")  # 200 s ahead: inside 300 s
     ahead = event(2, occurred_at="2026-10-14T18:00:00Z")
     value = encode_envelope([ok, ahead])
-    outcome = process_batch([msg(value, ts=ts, content_type=ENVELOPE_CONTENT_TYPE)], directory)
+    outcome = decode_batch([msg(value, ts=ts, content_type=ENVELOPE_CONTENT_TYPE)], directory)
     assert outcome.verdicts == [True, False]
-    assert (
-        "800 s after the event was received (2026-10-14 17:46:40.000 UTC)" in outcome.dead_letters[0].reason
-    )
+    assert "800 s after the event was received (2026-10-14 17:46:40.000 UTC)" in outcome.rejects[0].reason
     # The verdict is a function of the message: a replay gives the same one, whatever the clock says.
-    again = process_batch([msg(value, ts=ts, content_type=ENVELOPE_CONTENT_TYPE)], directory)
+    again = decode_batch([msg(value, ts=ts, content_type=ENVELOPE_CONTENT_TYPE)], directory)
     assert again.verdicts == outcome.verdicts
-    looser = process_batch(
+    looser = decode_batch(
         [msg(value, ts=ts, content_type=ENVELOPE_CONTENT_TYPE)], directory, max_future_s=900
     )
     assert looser.verdicts == [True, True]
@@ -442,24 +439,38 @@ def test_audit_log_events_are_accepted_only_signed_by_the_query_service(director
         "valid": signed(signature(secret, value)),
     }
     for name, message in cases.items():
-        outcome = process_batch([message], directory, signing_key=secret)
+        outcome = decode_batch([message], directory, signing_key=secret)
         assert outcome.verdicts == [name == "valid"], name
         if name != "valid":
-            assert "reserved" in outcome.dead_letters[0].reason
+            assert "reserved" in outcome.rejects[0].reason
     # Without a configured secret nothing can carry audit_log.*, whatever it claims.
-    assert process_batch([cases["valid"]], directory).verdicts == [False]
+    assert decode_batch([cases["valid"]], directory).verdicts == [False]
 
 
-def test_a_conflict_leaves_the_siem_stream_and_becomes_a_dead_letter(directory: Directories) -> None:
+def test_a_conflict_leaves_the_siem_stream_and_becomes_a_dead_letter(
+    directory: Directories, store: Store
+) -> None:
+    # event 2 is on record with other content; the batch then brings it again, changed.
+    store.writer.write(decode_batch([msg(orjson.dumps(event(2, outcome="failure")))], directory).rows)
     value = encode_envelope([event(1), event(2), event(3)])
-    outcome = process_batch([msg(value, offset=4, content_type=ENVELOPE_CONTENT_TYPE)], directory)
+    outcome = decode_batch([msg(value, offset=4, content_type=ENVELOPE_CONTENT_TYPE)], directory)
     refused = outcome.rows[1]["event_id"]
-    settled = outcome.without_conflicts([(refused, "event_id ... is already stored with other content")])
-    assert [r["event_id"] for r in settled.rows] == [outcome.rows[0]["event_id"], outcome.rows[2]["event_id"]]
-    assert [e["event_id"] for e in settled.normalized_events] == [r["event_id"] for r in settled.rows]
-    [dead] = settled.dead_letters
-    assert (dead.index, dead.message.offset) == (1, 4) and "other content" in dead.reason
-    assert orjson.loads(dead.payload)["event_id"] == refused
+    seen: list[Batch] = []
+
+    class Next:
+        def submit(self, batch: Batch) -> None:
+            seen.append(batch)
+
+    Insert(store.writer, once, Next()).submit(outcome)
+    [settled] = seen
+    assert [r["event_id"] for r in settled.rows] == [event(1)["event_id"], event(3)["event_id"]]
+    assert [e["event_id"] for e in settled.events] == [r["event_id"] for r in settled.rows]
+    [dead] = settled.rejects
+    assert (dead.index, dead.lineage.offset, dead.code) == (
+        1,
+        4,
+        "conflict",
+    ) and "other content" in dead.reason
+    assert orjson.loads(dead.payload)["event_id"] == refused and dead.event_id == refused
     # Counts still add up: every event in is stored, a duplicate, or a dead letter.
-    assert settled.events == outcome.events
-    assert outcome.without_conflicts([]) is outcome
+    assert settled.inserted + settled.duplicates + len(settled.rejects) == settled.received == 3

@@ -33,7 +33,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from producers.contract.directory import Directory, DirectorySnapshot
 from producers.envelope import ENVELOPE_CONTENT_TYPE, encode_envelope
 from producers.publisher import ProducerSettings, Publisher
-from stream.worker_app import WorkerSettings, ensure_topics
+from stream.settings import WorkerSettings
+from stream.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = "acme-e2e"
@@ -122,10 +123,12 @@ class Worker:
         self.stats_path = workdir / f"stats-{uuid.uuid4().hex[:8]}.json"
         self.log_path = workdir / f"worker-{uuid.uuid4().hex[:8]}.log"
         self.port = free_port() if api else None
+        # Fault-injection hooks come with the tests' own entry point, never with the product's.
+        faulty = any(k.startswith("AUDITLOG_TEST_FAULT_") for k in env or {})
         args = [
             sys.executable,
             "-m",
-            "auditlog.cli",
+            "tests.faults" if faulty else "auditlog.cli",
             "-v",
             "worker",
             "--store",

@@ -3,8 +3,8 @@
 - kill -9 of the worker, several times, while events flow;
 - the broker stopped and restarted while the SDK produces and the worker consumes;
 - ClickHouse refusing inserts half way through a batch, through the worker's
-  test-only fault-injection hook (`AUDITLOG_WORKER_FAULT_INSERT_FAILURES` /
-  `AUDITLOG_WORKER_FAULT_INSERT_AFTER`, see `stream.sink.FaultyEngine`), then
+  test-only fault-injection hook (`AUDITLOG_TEST_FAULT_INSERT_FAILURES` /
+  `AUDITLOG_TEST_FAULT_INSERT_AFTER`, see `tests/faults.py`), then
   recovering by itself, and a graceful stop while a batch keeps failing.
 
 After each, every published event is read back through the query API exactly
@@ -207,7 +207,7 @@ def test_kill9_mid_batch_repeatedly_loses_and_doubles_nothing(
             extra_args=("--instance-id", "worker-0"),
             # Half a second between "stored" and "committed": most kills land there, so
             # the next worker gets stored events again and must not store them twice.
-            env={"AUDITLOG_WORKER_FAULT_COMMIT_DELAY_S": "0.5"},
+            env={"AUDITLOG_TEST_FAULT_COMMIT_DELAY_S": "0.5"},
         )
         try:
             wait_for(
@@ -315,8 +315,8 @@ def test_insert_failure_mid_batch_then_recovery(
         batch_size=1000,
         env={
             "AUDITLOG_STORE_INSERT_CHUNK_ROWS": "500",
-            "AUDITLOG_WORKER_FAULT_INSERT_AFTER": "2",
-            "AUDITLOG_WORKER_FAULT_INSERT_FAILURES": "3",
+            "AUDITLOG_TEST_FAULT_INSERT_AFTER": "2",
+            "AUDITLOG_TEST_FAULT_INSERT_FAILURES": "3",
             "AUDITLOG_WORKER_RETRY_INITIAL_S": "0.2",
         },
     )
@@ -343,8 +343,8 @@ def test_insert_failure_mid_batch_then_recovery(
         batch_size=1000,
         env={
             "AUDITLOG_STORE_INSERT_CHUNK_ROWS": "500",
-            "AUDITLOG_WORKER_FAULT_INSERT_AFTER": "2",
-            "AUDITLOG_WORKER_FAULT_INSERT_FAILURES": "1000000",
+            "AUDITLOG_TEST_FAULT_INSERT_AFTER": "2",
+            "AUDITLOG_TEST_FAULT_INSERT_FAILURES": "1000000",
             "AUDITLOG_WORKER_RETRY_INITIAL_S": "0.2",
             "AUDITLOG_WORKER_RETRY_MAX_S": "0.5",
         },

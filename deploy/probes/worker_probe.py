@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stale-seconds", type=float, default=300.0, help="live: silence tolerated (s)")
     args = parser.parse_args(argv)
 
-    from stream.worker_app import WorkerSettings
+    from stream.settings import WorkerSettings
 
     settings = WorkerSettings()
     if not settings.instance_id:

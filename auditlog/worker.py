@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from stream.worker_app import WorkerSettings
+    from stream.settings import WorkerSettings
 
     settings = WorkerSettings()
     updates = {dest: getattr(args, dest) for _, dest, _ in _FLAGS if getattr(args, dest) is not None}
@@ -87,7 +87,7 @@ class _ApiThread:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from stream.worker_app import WorkerRuntime, build_app, run_faust
+    from stream.faust_edge import WorkerRuntime, build_app, run_faust
 
     settings = _settings(args)
     if args.with_api and not settings.signing_key:

@@ -1,0 +1,70 @@
+"""Step 3: insert the batch's rows into the store, once forever per event id.
+
+The writer counts replays as duplicates and refuses other content under a stored id
+as a conflict; a conflicting row leaves the batch here, as an `InvalidMessage` with
+both content hashes, so it reaches the dead letters and never the SIEM stream as if
+it were on record. Whatever the attempt, the same rows conflict: a retry of a later
+step sees the same batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from storage.writer import EventWriter, WriteResult
+from stream.messages import Batch, FieldProblem, InvalidMessage, one_line
+from stream.steps import Step
+
+Retrying = Callable[[str, Callable[[], WriteResult]], WriteResult]
+
+
+class Insert:
+    def __init__(self, writer: EventWriter, retry: Retrying, next_step: Step) -> None:
+        self._writer = writer
+        self._retry = retry
+        self._next = next_step
+
+    def submit(self, batch: Batch) -> None:
+        rows = batch.rows
+        result = self._retry("insert", lambda: self._writer.write(rows))
+        batch.inserted, batch.duplicates, batch.conflicts = (
+            result.inserted,
+            result.duplicates,
+            len(result.conflicts),
+        )
+        if result.conflicts:
+            # By identity: a batch may hold one id twice, the first copy stored, the second not.
+            _settle_conflicts(batch, {id(c.row): c.reason for c in result.conflicts})
+        self._next.submit(batch)
+
+
+def _settle_conflicts(batch: Batch, reasons: dict[int, str]) -> None:
+    keep = [i for i, row in enumerate(batch.rows) if id(row) not in reasons]
+    for i, row in enumerate(batch.rows):
+        reason = reasons.get(id(row))
+        if reason is None:
+            continue
+        origin = batch.origins[i]
+        batch.rejects.append(
+            InvalidMessage(
+                reason=one_line(reason),
+                code="conflict",
+                payload=_json(origin.item),
+                lineage=origin.lineage,
+                index=origin.index,
+                infrastructure=row["infrastructure"],
+                event_id=row["event_id"],
+                errors=(FieldProblem("event_id", "is already stored with other content"),),
+            )
+        )
+    batch.rows = [batch.rows[i] for i in keep]
+    batch.origins = [batch.origins[i] for i in keep]
+    if batch.events:
+        batch.events = [batch.events[i] for i in keep]
+
+
+def _json(item: Any) -> bytes:
+    return orjson.dumps(item, default=str)
