@@ -296,7 +296,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from stream.kafka_ingestor import KafkaIngestor
 
         ingestor = KafkaIngestor(ProducerSettings())
-        directory_publisher = snapshot_publisher(ProducerSettings().bootstrap_servers)
+        directory_publisher = snapshot_publisher(ProducerSettings())
     embedded = build_embedded(
         store,
         api_settings=settings,

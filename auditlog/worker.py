@@ -112,7 +112,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             api_settings = api_settings.model_copy(update=updates)
             producer_settings = ProducerSettings().model_copy(
                 update={
-                    "bootstrap_servers": settings.bootstrap_servers,
+                    **settings.connection().model_dump(),
                     "topic": settings.raw_topic,
                     # One spool per worker: a spool directory is locked by its publisher.
                     "client_id": f"auditlog-api-{settings.group_id}",
@@ -124,9 +124,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 runtime.store,
                 api_settings=api_settings,
                 ingestor=ingestor,
-                directory_publisher=snapshot_publisher(
-                    settings.bootstrap_servers, topic=settings.directory_topic
-                ),
+                directory_publisher=snapshot_publisher(settings.connection(), topic=settings.directory_topic),
             )
             api = _ApiThread(embedded.app, api_settings.host, api_settings.port)
             api.start()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from confluent_kafka import KafkaException, Producer
 
 from producers.contract.directory import Directory, DirectorySnapshot
+from producers.kafka_config import KafkaConnection
 from producers.publisher import ProducerSettings
 from producers.topics import DIRECTORY_TOPIC
 
@@ -19,14 +20,15 @@ from producers.topics import DIRECTORY_TOPIC
 def publish_snapshots(
     snapshots: list[DirectorySnapshot],
     *,
-    bootstrap_servers: str,
+    connection: KafkaConnection,
     topic: str = DIRECTORY_TOPIC,
     timeout_s: float = 30,
 ) -> int:
     """Send snapshots (None entity = tombstone) and wait for every acknowledgement."""
     producer = Producer(
         {
-            "bootstrap.servers": bootstrap_servers,
+            **connection.librdkafka(),
+            **connection.extra,
             "enable.idempotence": True,
             "acks": "all",
             "client.id": "auditlog-directory",
@@ -49,10 +51,10 @@ def publish_snapshots(
 
 
 def snapshot_publisher(
-    bootstrap_servers: str, *, topic: str = DIRECTORY_TOPIC
+    connection: KafkaConnection, *, topic: str = DIRECTORY_TOPIC
 ) -> Callable[[list[DirectorySnapshot]], int]:
     """`publish_snapshots` bound to a cluster and topic: what a running API publishes changes with."""
-    return functools.partial(publish_snapshots, bootstrap_servers=bootstrap_servers, topic=topic)
+    return functools.partial(publish_snapshots, connection=connection, topic=topic)
 
 
 def publish_directory(
@@ -67,4 +69,4 @@ def publish_directory(
     snaps = directory.snapshots()
     for key in removed:
         snaps.append(DirectorySnapshot.tombstone_for_key(f"{directory.infrastructure}/{key}"))
-    return publish_snapshots(snaps, bootstrap_servers=settings.bootstrap_servers, topic=topic)
+    return publish_snapshots(snaps, connection=settings, topic=topic)

@@ -78,7 +78,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from producers.contract.event import AuditEvent, InvalidEvent, event_to_wire, parse_event
 from producers.envelope import (
@@ -94,6 +94,7 @@ from producers.envelope import (
     pack_envelope,
     signature,
 )
+from producers.kafka_config import KafkaConnection, redacted
 from producers.spool import RECORD_OVERHEAD, Spool, SpoolError, SpoolFull, SpoolRecord
 from producers.topics import RAW_TOPIC
 
@@ -138,24 +139,18 @@ _RESERVED_KEYS = frozenset(
         "logger",
     }
 )
-_SECRET_MARKERS = ("password", "secret", "token", "key", "credential", "jaas")
 
 
-def redact_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a librdkafka config fit for logs: secrets (sasl.password, ssl keys...) masked."""
-    return {k: ("***" if any(m in k.lower() for m in _SECRET_MARKERS) else v) for k, v in config.items()}
-
-
-class ProducerSettings(BaseSettings):
-    """Publisher settings; every field can be set from ``AUDITLOG_KAFKA_<FIELD>``.
+class ProducerSettings(KafkaConnection):
+    """Publisher settings; every field can be set from ``AUDITLOG_KAFKA_<FIELD>``. The
+    connection (bootstrap servers, TLS, SASL) is `KafkaConnection`'s, shared by every client.
 
     ``extra`` takes further librdkafka properties as JSON, e.g.
-    ``AUDITLOG_KAFKA_EXTRA='{"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}'``.
+    ``AUDITLOG_KAFKA_EXTRA='{"socket.keepalive.enable": true}'``.
     """
 
     model_config = SettingsConfigDict(env_prefix="AUDITLOG_KAFKA_", extra="ignore")
 
-    bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = RAW_TOPIC
     client_id: str = "auditlog-producer"
     linger_ms: Annotated[int, Field(ge=0, le=10_000)] = 10
@@ -177,7 +172,7 @@ class ProducerSettings(BaseSettings):
     spool_segment_bytes: Annotated[int, Field(ge=4096)] = 16 * 1024 * 1024
     spool_sync_ms: Annotated[int, Field(ge=10)] = 1_000
     """Spooled records are fsynced at least this often, and on every flush()."""
-    extra: dict[str, str | int | float | bool] = {}
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
     signing_key: str = Field(default="", repr=False)
     """Sign every message (`auditlog-signature`): set on the query service only, with the
     workers' AUDITLOG_WORKER_SIGNING_KEY, so that its record of reads is authenticated."""
@@ -201,7 +196,7 @@ class ProducerSettings(BaseSettings):
 
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield (name, redact_config(value) if name == "extra" else value)
+            yield (name, redacted(value) if name == "extra" else value)
 
 
 # ------------------------------------------------------------------ partitioner
@@ -513,7 +508,7 @@ class Publisher:
             self._mode = _Mode.SPOOLING
             self._reason = f"the spool holds {self._spool.pending_events} events from an earlier run"
 
-        log.debug("kafka producer config: %s", redact_config(self._producer_config(with_callbacks=False)))
+        log.debug("kafka producer config: %s", redacted(self._producer_config(with_callbacks=False)))
         try:
             self._producer = Producer(self._producer_config())
         except BaseException:
@@ -1189,7 +1184,7 @@ class Publisher:
     def _producer_config(self, with_callbacks: bool = True) -> dict[str, Any]:
         s = self.settings
         config: dict[str, Any] = {
-            "bootstrap.servers": s.bootstrap_servers,
+            **s.librdkafka(),
             "client.id": s.client_id,
             "enable.idempotence": True,
             "acks": "all",

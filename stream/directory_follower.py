@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ValidationError
 
 from producers.contract.directory import Directories, DirectoryError, DirectorySnapshot
+from producers.kafka_config import consumer_config
 from storage.engine import StoreError
 from storage.store import Store
 from stream.settings import WorkerSettings
@@ -56,16 +57,16 @@ class DirectoryFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.bootstrap_servers,
+            consumer_config(
+                settings.connection(),
                 # Required by librdkafka; never used to commit: every worker reads everything.
-                "group.id": f"{settings.group_id}.directory",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "log_level": 3,
-                "logger": logging.getLogger("auditlog.librdkafka"),
-            }
+                **{
+                    "group.id": f"{settings.group_id}.directory",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                },
+            )
         )
 
     def current(self) -> Directories:

@@ -116,7 +116,7 @@ class WorkerRuntime:
         self.directory = DirectoryFollower(settings, self.store)
         self.directory.bootstrap()
         self.directory.start()
-        self.producer = Producer(producer_config(settings.bootstrap_servers))
+        self.producer = Producer(producer_config(settings.connection()))
         self.counters = Counters()
         self.retry = Retry(
             initial_s=settings.retry_initial_s, max_s=settings.retry_max_s, on_retry=self._on_retry
@@ -230,11 +230,13 @@ def build_app(runtime: WorkerRuntime) -> Any:
         )
 
     s = runtime.settings
+    connection = s.connection()
     datadir = s.faust_datadir or Path(tempfile.gettempdir()) / "auditlog-faust" / s.group_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         s.group_id,
-        broker=[f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(",") if h.strip()],
+        broker=[f"kafka://{h.strip()}" for h in connection.bootstrap_servers.split(",") if h.strip()],
+        broker_credentials=connection.faust_credentials(),
         value_serializer="raw",
         key_serializer="raw",
         datadir=str(datadir),

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from producers.kafka_config import KafkaConnection
 from producers.topics import DIRECTORY_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from storage.store import StoreSettings
 from stream.steps.decode import DEFAULT_MAX_MESSAGE_BYTES
@@ -18,7 +19,14 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="AUDITLOG_WORKER_")
 
-    bootstrap_servers: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers")
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers (default: the connection's, AUDITLOG_KAFKA_BOOTSTRAP_SERVERS)",
+    )
+    kafka: KafkaConnection = Field(
+        default_factory=KafkaConnection,
+        description="how to reach the cluster (TLS, SASL): AUDITLOG_KAFKA_*, shared with every other client",
+    )
     group_id: str = Field(default="auditlog-worker", description="consumer group (and faust app id)")
     raw_topic: str = RAW_TOPIC
     events_topic: str = EVENTS_TOPIC
@@ -76,3 +84,9 @@ class WorkerSettings(BaseSettings):
     )
     faust_datadir: Path | None = None
     store: StoreSettings = Field(default_factory=StoreSettings)
+
+    def connection(self) -> KafkaConnection:
+        """The cluster connection, with this worker's bootstrap servers when it names its own."""
+        if self.bootstrap_servers is None:
+            return self.kafka
+        return self.kafka.model_copy(update={"bootstrap_servers": self.bootstrap_servers})

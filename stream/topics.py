@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from producers.kafka_config import admin_config
 from stream.settings import WorkerSettings
 
 log = logging.getLogger("auditlog.worker")
@@ -16,12 +16,7 @@ log = logging.getLogger("auditlog.worker")
 
 def ensure_topics(settings: WorkerSettings, *, timeout_s: float = 60.0) -> None:
     """Create the worker's topics if missing; the directory topic compacted."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "log_level": 3,
-        "logger": logging.getLogger("auditlog.librdkafka"),
-    }
-    admin = AdminClient(config)
+    admin = AdminClient(admin_config(settings.connection()))
     max_bytes = settings.topic_max_message_bytes
     # The DLQ keeps a rejected message whole, plus headers: a little more room than audit.raw.
     wanted = [

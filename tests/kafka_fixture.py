@@ -18,7 +18,8 @@ Fixtures:
        from Maven Central in a JVM on 127.0.0.1, state under
        ``<repo>/.local/kafka-test``, on a free port unless ``KAFKA_PORT``
        (and ``KAFKA_CONTROLLER_PORT``) are set. It is stopped at session end
-       if this plugin started it.
+       if this plugin started it. It also listens for SASL_SSL on another
+       free port (``kafka_secure_env`` gives a client's settings for it).
 
     If none of these gives a working broker the tests *fail*; they are never
     skipped.
@@ -158,6 +159,7 @@ class ScriptBroker:
     state_dir: Path
     port: int
     controller_port: int
+    sasl_ssl_port: int | None = None
     started_by_us: bool = False
 
     @property
@@ -169,7 +171,12 @@ class ScriptBroker:
         env["AUDITLOG_KAFKA_HOME"] = str(self.state_dir)
         env["KAFKA_PORT"] = str(self.port)
         env["KAFKA_CONTROLLER_PORT"] = str(self.controller_port)
+        env["KAFKA_SASL_SSL_PORT"] = str(self.sasl_ssl_port or "")
         return env
+
+    def client_env(self) -> dict[str, str]:
+        """AUDITLOG_KAFKA_* of a client of the SASL_SSL listener (the script writes them)."""
+        return _read_env_file(self.state_dir / "tls" / "client.env")
 
     def _run(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
         try:
@@ -232,8 +239,9 @@ def _script_broker() -> ScriptBroker:
             TEST_STATE_DIR,
             int(recorded["KAFKA_PORT"]),
             int(recorded["KAFKA_CONTROLLER_PORT"]),
+            int(recorded["KAFKA_SASL_SSL_PORT"]) if recorded.get("KAFKA_SASL_SSL_PORT") else None,
         )
-        if previous.is_running():
+        if previous.is_running() and previous.sasl_ssl_port is not None:
             return previous
     env_port = os.environ.get("KAFKA_PORT", "").strip()
     env_controller = os.environ.get("KAFKA_CONTROLLER_PORT", "").strip()
@@ -241,7 +249,11 @@ def _script_broker() -> ScriptBroker:
     controller_port = int(env_controller) if env_controller else _free_port()
     while controller_port == port:
         controller_port = _free_port()
-    broker = ScriptBroker(TEST_STATE_DIR, port, controller_port, started_by_us=True)
+    # A SASL_SSL listener beside PLAINTEXT: what a production cluster asks of every client.
+    sasl_ssl_port = _free_port()
+    while sasl_ssl_port in (port, controller_port):
+        sasl_ssl_port = _free_port()
+    broker = ScriptBroker(TEST_STATE_DIR, port, controller_port, sasl_ssl_port, started_by_us=True)
     # Each session that starts the test broker starts from empty data; the
     # fetched jars and the cluster id are kept.
     shutil.rmtree(TEST_STATE_DIR / "data", ignore_errors=True)
@@ -366,6 +378,22 @@ def broker_control(kafka_broker: KafkaBroker) -> Iterator[BrokerControl]:
     error = probe_broker(script.bootstrap)
     if error is not None:
         pytest.fail(f"broker did not come back after the test: {error}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def kafka_secure_env(kafka_broker: KafkaBroker) -> dict[str, str]:
+    """AUDITLOG_KAFKA_* settings that reach the session's broker over SASL_SSL (SCRAM-SHA-512,
+    TLS against the CA the broker script made)."""
+    script = kafka_broker.script
+    env = script.client_env() if script is not None else {}
+    if not env:
+        pytest.fail(
+            f"the SASL_SSL listener is made by {BROKER_SCRIPT.name}, but this session's broker "
+            f"({kafka_broker.bootstrap}) is not script-managed or has none. Unset {ENV_BOOTSTRAP} "
+            f"and set {ENV_NO_DOCKER}=1 to run this test.",
+            pytrace=False,
+        )
+    return env
 
 
 _UNSAFE_TOPIC_CHARS = re.compile(r"[^a-zA-Z0-9._-]+")

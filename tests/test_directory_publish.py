@@ -16,6 +16,7 @@ from auditlog.cli import main
 from auditlog.embedded import build_embedded
 from producers.contract.directory import Directory, DirectorySnapshot, assemble_directory, load_directory
 from producers.directory_publisher import publish_snapshots, snapshot_publisher
+from producers.kafka_config import KafkaConnection
 from storage.store import Store
 from stream.directory_follower import parse_directory_record
 from tests.grants import make_key
@@ -75,7 +76,11 @@ def test_in_kafka_mode_the_directory_endpoint_publishes_to_the_topic(
     topic = f"{kafka_topic_prefix}.directory"
     first = Directory.model_validate(yaml.safe_load(DIRECTORY_YAML) | {"infrastructure": "acme"})
     embedded = build_embedded(
-        store, directory=first, directory_publisher=snapshot_publisher(kafka_bootstrap, topic=topic)
+        store,
+        directory=first,
+        directory_publisher=snapshot_publisher(
+            KafkaConnection(bootstrap_servers=kafka_bootstrap), topic=topic
+        ),
     )
     admin = make_key(store, "u-priya")
     smaller = first.model_dump(mode="json", exclude={"version"}) | {"applications": []}
@@ -90,9 +95,15 @@ def test_in_kafka_mode_the_directory_endpoint_publishes_to_the_topic(
     assert store.directory.load().get("acme").applications == {}  # type: ignore[union-attr]
 
     # A topic that cannot take the change changes nothing.
-    broken = build_embedded(store, directory_publisher=snapshot_publisher("127.0.0.1:1", topic=topic))
+    broken = build_embedded(
+        store,
+        directory_publisher=snapshot_publisher(KafkaConnection(bootstrap_servers="127.0.0.1:1"), topic=topic),
+    )
     broken.services.directory._publish = functools.partial(  # a short timeout for the test
-        publish_snapshots, bootstrap_servers="127.0.0.1:1", topic=topic, timeout_s=2
+        publish_snapshots,
+        connection=KafkaConnection(bootstrap_servers="127.0.0.1:1"),
+        topic=topic,
+        timeout_s=2,
     )
     r = TestClient(broken.app).put("/v1/directory", json=first.model_dump(mode="json", exclude={"version"}),
                                    headers={"Authorization": f"Bearer {admin}"})  # fmt: skip

@@ -9,6 +9,12 @@
 #   KAFKA_VERSION          Kafka release to use (default below)
 #   KAFKA_PORT             PLAINTEXT listener port (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller listener port (default 9093)
+#   KAFKA_SASL_SSL_PORT    also open a SASL_SSL listener on this port (default: none):
+#                          TLS with a CA made here (openssl), SASL PLAIN and
+#                          SCRAM-SHA-256/512 for one user; the client settings
+#                          (AUDITLOG_KAFKA_*) are written to <state>/tls/client.env
+#   KAFKA_SASL_USERNAME    that user (default auditlog; its password is made once
+#                          and kept in <state>/tls/sasl-password)
 #   AUDITLOG_KAFKA_HOME    state dir: libs, config, data, logs, pid
 #                          (default <repo>/.local/kafka)
 #   KAFKA_HEAP_OPTS        JVM heap flags (default -Xms128m -Xmx512m)
@@ -25,6 +31,8 @@ REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-}"
+KAFKA_SASL_USERNAME="${KAFKA_SASL_USERNAME:-auditlog}"
 STATE="${AUDITLOG_KAFKA_HOME:-$REPO_ROOT/.local/kafka}"
 KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
@@ -38,6 +46,7 @@ PID_FILE="$STATE/kafka.pid"
 RUN_ENV="$STATE/run.env"
 BOOTSTRAP_FILE="$STATE/bootstrap"
 CLUSTER_ID_FILE="$STATE/cluster-id"
+TLS="$STATE/tls"
 OUT_LOG="$LOGS/kafka.out"
 
 if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then
@@ -169,18 +178,92 @@ java_major() {
   "$JAVA" -version 2>&1 | awk -F'"' '/version/ {print $2; exit}' | awk -F. '{ if ($1 == "1") print $2; else print $1 }'
 }
 
+# A CA of its own and a broker certificate for 127.0.0.1 and localhost, made once.
+make_tls() {
+  [[ -f "$TLS/broker.p12" && -s "$TLS/sasl-password" ]] && return 0
+  command -v openssl >/dev/null 2>&1 || die "openssl is needed for the SASL_SSL listener"
+  mkdir -p "$TLS"
+  chmod 700 "$TLS"
+  log "making a CA and a broker certificate in $TLS"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=auditlog local CA" \
+    -keyout "$TLS/ca.key" -out "$TLS/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$TLS/broker.key" -out "$TLS/broker.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$TLS/san.ext"
+  openssl x509 -req -in "$TLS/broker.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$TLS/san.ext" -out "$TLS/broker.pem" 2>/dev/null
+  openssl rand -hex 16 >"$TLS/keystore-password"
+  openssl pkcs12 -export -in "$TLS/broker.pem" -inkey "$TLS/broker.key" -certfile "$TLS/ca.pem" \
+    -passout "pass:$(cat "$TLS/keystore-password")" -out "$TLS/broker.p12"
+  openssl rand -hex 16 >"$TLS/sasl-password"
+  chmod 600 "$TLS"/*
+}
+
+sasl_ssl_properties() {
+  [[ -n "$KAFKA_SASL_SSL_PORT" ]] || return 0
+  local ks_pw sasl_pw
+  ks_pw="$(cat "$TLS/keystore-password")"
+  sasl_pw="$(cat "$TLS/sasl-password")"
+  cat <<PROPS
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$TLS/broker.p12
+listener.name.sasl_ssl.ssl.keystore.password=$ks_pw
+listener.name.sasl_ssl.ssl.key.password=$ks_pw
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USERNAME="$sasl_pw";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+PROPS
+}
+
+# SCRAM credentials live in the cluster's metadata: set (again) through the PLAINTEXT
+# listener once the broker runs; then the client settings are written out.
+add_scram_user() {
+  local py="$1" bootstrap="$2"
+  [[ -n "$py" ]] || die "the SASL_SSL listener needs a Python with confluent_kafka to add its SCRAM user"
+  AUDITLOG_SASL_PASSWORD="$(cat "$TLS/sasl-password")" "$py" - "$bootstrap" "$KAFKA_SASL_USERNAME" <<'PY' \
+    || die "could not add the SCRAM user"
+import os, sys
+from confluent_kafka.admin import AdminClient, ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+admin = AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0})
+password = os.environ["AUDITLOG_SASL_PASSWORD"].encode()
+# One credential of a user per request.
+for mechanism in (ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512):
+    upsert = UserScramCredentialUpsertion(sys.argv[2], ScramCredentialInfo(mechanism, 8192), password)
+    for future in admin.alter_user_scram_credentials([upsert]).values():
+        future.result(timeout=30)
+PY
+  {
+    echo "AUDITLOG_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_SASL_SSL_PORT"
+    echo "AUDITLOG_KAFKA_SECURITY_PROTOCOL=SASL_SSL"
+    echo "AUDITLOG_KAFKA_SSL_CA_LOCATION=$TLS/ca.pem"
+    echo "AUDITLOG_KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+    echo "AUDITLOG_KAFKA_SASL_USERNAME=$KAFKA_SASL_USERNAME"
+    echo "AUDITLOG_KAFKA_SASL_PASSWORD=$(cat "$TLS/sasl-password")"
+  } >"$TLS/client.env"
+  chmod 600 "$TLS/client.env"
+  log "SASL_SSL listener on 127.0.0.1:$KAFKA_SASL_SSL_PORT; client settings in $TLS/client.env"
+}
+
 write_config() {
   mkdir -p "$CONF" "$DATA" "$LOGS"
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT" protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [[ -n "$KAFKA_SASL_SSL_PORT" ]]; then
+    make_tls
+    listeners="$listeners,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT"
+    protocols="$protocols,SASL_SSL:SASL_SSL"
+  fi
   cat >"$CONF/server.properties" <<EOF
 # Generated by deploy/kafka/local-broker.sh -- rewritten on every start.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listeners,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=$listeners
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
+$(sasl_ssl_properties)
 log.dirs=$DATA
 num.partitions=3
 default.replication.factor=1
@@ -330,7 +413,7 @@ do_start() {
   major="$(java_major)"
   [[ "$major" =~ ^[0-9]+$ && "$major" -ge 17 ]] || die "Kafka $KAFKA_VERSION needs Java 17+, found '$major' ($JAVA)"
   local p
-  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" $KAFKA_SASL_SSL_PORT; do
     if port_open "$p"; then
       die "port 127.0.0.1:$p is already in use by another process (set KAFKA_PORT / KAFKA_CONTROLLER_PORT)"
     fi
@@ -361,10 +444,14 @@ do_start() {
     echo "KAFKA_VERSION=$KAFKA_VERSION"
     echo "KAFKA_PORT=$KAFKA_PORT"
     echo "KAFKA_CONTROLLER_PORT=$KAFKA_CONTROLLER_PORT"
+    echo "KAFKA_SASL_SSL_PORT=$KAFKA_SASL_SSL_PORT"
     echo "KAFKA_BOOTSTRAP=$bootstrap"
   } >"$RUN_ENV"
   echo "$bootstrap" >"$BOOTSTRAP_FILE"
   wait_ready "$bootstrap" "$pid"
+  if [[ -n "$KAFKA_SASL_SSL_PORT" ]]; then
+    add_scram_user "$(find_probe_python || true)" "$bootstrap"
+  fi
   log "ready in $((SECONDS - t0))s (pid $pid); logs in $LOGS"
   log "bootstrap servers: $bootstrap"
 }

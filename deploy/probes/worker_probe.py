@@ -70,7 +70,9 @@ def group_view(settings: Any, timeout_s: float) -> GroupView | None:
     from confluent_kafka.admin import AdminClient
     from confluent_kafka.admin._listoffsets import OffsetSpec
 
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 0})
+    from producers.kafka_config import admin_config
+
+    admin = AdminClient({**admin_config(settings.connection()), "log_level": 0})
     try:
         group = admin.describe_consumer_groups([settings.group_id], request_timeout=timeout_s)[
             settings.group_id
