@@ -176,6 +176,7 @@ class Worker:
             env={
                 **os.environ,
                 "AUDITLOG_WORKER_FAUST_DATADIR": str(workdir / "faust"),
+                "AUDITLOG_WORKER_OPS_PORT": "0",
                 "AUDITLOG_API_AUDIT_READS": "false",
                 "XDG_STATE_HOME": str(workdir / "state"),
             },

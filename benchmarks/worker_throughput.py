@@ -118,7 +118,12 @@ class Worker:
                 str(self.stats_path),
             ],
             cwd=REPO,
-            env={**os.environ, "AUDITLOG_WORKER_FAUST_DATADIR": str(workdir / "faust")},
+            # Ops port 0: workers of one run must not contend for the default port.
+            env={
+                **os.environ,
+                "AUDITLOG_WORKER_FAUST_DATADIR": str(workdir / "faust"),
+                "AUDITLOG_WORKER_OPS_PORT": "0",
+            },
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

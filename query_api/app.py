@@ -10,10 +10,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from query_api.admin import router as admin_router
 from query_api.dead_letters import router as dead_letters_router
 from query_api.deps import Services
+from query_api.metrics import ApiMetrics, MetricsMiddleware
 from query_api.read_audit import ReadNotRecorded
 from query_api.routes import router
 from query_api.ui import STATIC_DIR, STATIC_PATH
@@ -45,6 +47,8 @@ def create_app(services: Services) -> FastAPI:
         ),
     )
     app.state.services = services
+    metrics = ApiMetrics(failed_authentications=lambda: services.failed_auth.count)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(router)
     app.include_router(admin_router)
     app.include_router(dead_letters_router)
@@ -91,5 +95,19 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        """Ready while the store answers: a read (and its record) can be served."""
+        try:
+            services.store.engine.query("SELECT 1 AS ok")
+        except StoreError as exc:
+            body = {"status": "not ready", "detail": f"the store does not answer (code {exc.code})"}
+            return Response(orjson.dumps(body), status_code=503, media_type="application/json")
+        return Response(orjson.dumps({"status": "ok"}), media_type="application/json")
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

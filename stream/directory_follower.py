@@ -55,6 +55,8 @@ class DirectoryFollower:
         self._directories = Directories()
         self._version = 0
         self._stop = threading.Event()
+        self._last_read = time.monotonic()
+        self._last_check = 0.0
         self._thread: threading.Thread | None = None
         self._consumer = Consumer(
             consumer_config(
@@ -68,6 +70,27 @@ class DirectoryFollower:
                 },
             )
         )
+
+    def _check_caught_up(self, every_s: float = 10.0) -> None:
+        """Every few seconds, ask the broker whether this follower has read to the topic's end."""
+        now = time.monotonic()
+        if now - self._last_check < every_s:
+            return
+        self._last_check = now
+        try:
+            for tp in self._consumer.assignment():
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                [position] = self._consumer.position([tp])
+                if high > low and position.offset < high:
+                    return
+        except KafkaException:
+            return
+        self._last_read = now
+
+    def age_s(self) -> float:
+        """Seconds since the follower last knew it had read audit.directory to its end: how stale
+        enrichment and permissions may be."""
+        return time.monotonic() - self._last_read
 
     def current(self) -> Directories:
         return self._directories
@@ -147,6 +170,7 @@ class DirectoryFollower:
         while not self._stop.is_set():
             try:
                 messages = self._consumer.consume(num_messages=5000, timeout=0.5)
+                self._check_caught_up()
                 changed = False
                 for msg in messages:
                     changed = self._take(msg) or changed

@@ -48,6 +48,7 @@ from stream.counters import Counters
 from stream.directory_follower import DirectoryFollower
 from stream.gc_pause import gc_paused
 from stream.messages import Batch, RawMessage
+from stream.metrics import Heartbeat, OpsServer, WorkerMetrics
 from stream.pipeline import worker_chain
 from stream.settings import WorkerSettings
 from stream.steps.guard import RejectGuard, TooManyRejects
@@ -118,8 +119,14 @@ class WorkerRuntime:
         self.directory.start()
         self.producer = Producer(producer_config(settings.connection()))
         self.counters = Counters()
+        self.metrics = WorkerMetrics()
+        self.metrics.directory_age.set_function(self.directory.age_s)
+        self.heartbeat = Heartbeat(stale_after_s=max(60.0, 3 * settings.session_timeout_s))
         self.retry = Retry(
-            initial_s=settings.retry_initial_s, max_s=settings.retry_max_s, on_retry=self._on_retry
+            initial_s=settings.retry_initial_s,
+            max_s=settings.retry_max_s,
+            on_retry=self._on_retry,
+            watch=self.metrics,
         )
         self.chain = worker_chain(
             settings,
@@ -139,6 +146,38 @@ class WorkerRuntime:
         )
         self.app: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch_started: float | None = None
+        self.ops: OpsServer | None = None
+        if settings.ops:
+            self.ops = OpsServer(
+                self.metrics,
+                host=settings.ops_host,
+                port=settings.ops_port,
+                alive=self.liveness,
+                ready=self.readiness,
+            )
+            self.ops.start()
+
+    def liveness(self) -> str | None:
+        """Why this worker should be restarted (its loop stopped, or a batch hangs in a call
+        that neither returns nor fails), or None. A step retrying a failing service is alive:
+        a restart would not mend the service."""
+        problem = self.heartbeat.problem()
+        if problem is not None:
+            return problem
+        started = self._batch_started
+        hung_after = self.settings.flush_timeout_s * 3 + 60
+        hung = started is not None and time.monotonic() - started > hung_after
+        if hung and not self.metrics.failing_calls():
+            return f"a batch has been in the chain for more than {hung_after:.0f}s without a failing call"
+        return None
+
+    def readiness(self) -> str | None:
+        """Why this worker should not be sent traffic now (a step failing), or None."""
+        failing = self.metrics.failing_calls()
+        if failing:
+            return f"failing and retrying: {', '.join(failing)} (batches are not committed meanwhile)"
+        return self.heartbeat.problem()
 
     # -- one batch ---------------------------------------------------------------
 
@@ -146,6 +185,7 @@ class WorkerRuntime:
         self._loop = asyncio.get_running_loop()
         if self.counters.first_batch_at is None:
             self.counters.first_batch_at = time.time()
+        started = self._batch_started = time.monotonic()
         messages = [raw_message(e) for e in events]
         offsets = next_offsets(events)
         try:
@@ -154,6 +194,9 @@ class WorkerRuntime:
             # faust is stopping: a step still retrying gives up, the batch stays uncommitted.
             self.retry.stopping.set()
             raise
+        finally:
+            self._batch_started = None
+        self.metrics.batch_seconds.observe(time.monotonic() - started)
 
     def _run_chain(self, messages: list[RawMessage], offsets: dict[Any, int]) -> None:
         # The batch's objects live until it is stored; collecting meanwhile finds nothing.
@@ -165,6 +208,7 @@ class WorkerRuntime:
         self.write_stats()
 
     def _on_batch(self, batch: Batch) -> None:
+        self.metrics.observe_batch(batch)
         c = self.counters
         c.last_batch_at = time.time()
         log.info(
@@ -195,8 +239,13 @@ class WorkerRuntime:
         assigned = self.app.consumer.assignment()
         mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
         committed = bool(mine) and await self.app.consumer._commit(mine)
+        for tp, offset in mine.items():
+            highwater = self.app.consumer.highwater(tp)
+            if highwater is not None and highwater >= 0:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset))
         if not committed or len(mine) < len(offsets):
             self.counters.commits_refused += 1
+            self.metrics.commits_refused.inc()
             log.warning("offsets %s not committed (rebalanced); they will be redelivered", offsets)
 
     def write_stats(self) -> None:
@@ -214,6 +263,8 @@ class WorkerRuntime:
 
     def close(self) -> None:
         self.retry.stopping.set()
+        if self.ops is not None:
+            self.ops.stop()
         self.directory.stop()
         with contextlib.suppress(Exception):
             self.producer.flush(self.settings.flush_timeout_s)
@@ -273,6 +324,11 @@ def build_app(runtime: WorkerRuntime) -> Any:
                 runtime.fatal(EXIT_CRASH, f"batch failed: {type(exc).__name__}: {exc}")
 
     app.agent(topic, name="auditlog-raw", concurrency=1)(consume)
+
+    async def beat() -> None:
+        runtime.heartbeat.beat()
+
+    app.timer(5.0)(beat)
     runtime.app = app
     return app
 

@@ -79,6 +79,9 @@ class WorkerSettings(BaseSettings):
     retry_initial_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=30.0, gt=0)
     directory_bootstrap_timeout_s: float = Field(default=120.0, gt=0)
+    ops: bool = Field(default=True, description="serve /metrics, /healthz and /readyz")
+    ops_host: str = Field(default="127.0.0.1", description="where they listen (0.0.0.0 in a pod)")
+    ops_port: int = Field(default=9400, ge=0, le=65535, description="their port (0: any free one)")
     stats_path: Path | None = Field(
         default=None, description="write the counters here (JSON) after each batch"
     )

@@ -123,6 +123,7 @@ class Worker:
         self.stats_path = workdir / f"stats-{uuid.uuid4().hex[:8]}.json"
         self.log_path = workdir / f"worker-{uuid.uuid4().hex[:8]}.log"
         self.port = free_port() if api else None
+        self.ops_port = free_port()
         # Fault-injection hooks come with the tests' own entry point, never with the product's.
         faulty = any(k.startswith("AUDITLOG_TEST_FAULT_") for k in env or {})
         args = [
@@ -167,12 +168,27 @@ class Worker:
             # Reads of the API are recorded as events, which these tests would count as input;
             # test_the_api_of_a_worker_records_its_reads turns it back on.
             "AUDITLOG_API_AUDIT_READS": "false",
+            "AUDITLOG_WORKER_OPS_PORT": str(self.ops_port),
             **(env or {}),
         }
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
     # -- state -------------------------------------------------------------------
+
+    def ops(self, path: str) -> httpx.Response:
+        """The worker's own /metrics, /healthz or /readyz."""
+        return httpx.get(f"http://127.0.0.1:{self.ops_port}{path}", timeout=10)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the worker's /metrics (0 when it has none yet)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.ops("/metrics").text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
 
     def stats(self) -> dict[str, Any]:
         try:
@@ -493,6 +509,12 @@ def test_published_events_reach_the_api_scoped_by_the_directory_topic(
     assert stats["rows_stored"] == total
     assert stats["dead_lettered"] == 0 and stats["duplicates"] == 0
     assert stats["balanced"]
+    # What an operator's Prometheus sees says the same; the probes answer.
+    assert worker.metric("auditlog_worker_events_in_total") == total
+    assert worker.metric("auditlog_worker_rows_stored_total") == total
+    assert worker.metric("auditlog_worker_call_seconds_count", call="insert") >= 1
+    assert sum(worker.metric("auditlog_worker_consumer_lag", partition=str(p)) for p in range(3)) == 0
+    assert worker.ops("/healthz").status_code == 200 and worker.ops("/readyz").status_code == 200
 
     admin, dev, lead = (worker.api(keys[u]) for u in ("u-admin", "u-dev", "u-lead"))
     seen = admin.all_events()

@@ -370,3 +370,65 @@ def test_insert_failure_mid_batch_then_recovery(
     finally:
         assert healed.stop() == 0
     assert {e["infrastructure"] for e in served} == {INFRA}
+
+
+def set_topic_config(bootstrap: str, topic: str, name: str, value: str) -> None:
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def test_a_siem_topic_outage_stops_commits_loses_nothing_and_recovers(
+    kafka_bootstrap: str, kafka_topic_prefix: str, tmp_path: Path
+) -> None:
+    (tmp_path / "faust").mkdir()
+    topics, store, admin_key = setup(kafka_bootstrap, kafka_topic_prefix, tmp_path)
+    sequences = Sequences()
+
+    def publish(n: int) -> list[dict[str, Any]]:
+        events = sequences.batch(n)
+        with publisher(kafka_bootstrap, topics.raw, tmp_path / f"spool-{uuid.uuid4().hex[:6]}") as pub:
+            pub.publish_many(events)
+            assert pub.flush(60).ok
+        return events
+
+    worker = Worker(
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        store=store,
+        group=f"{kafka_topic_prefix}-g",
+        workdir=tmp_path,
+        batch_size=500,
+        env={"AUDITLOG_WORKER_RETRY_INITIAL_S": "0.2", "AUDITLOG_WORKER_RETRY_MAX_S": "1"},
+    )
+    try:
+        first = publish(1000)
+        worker.wait_api()
+        worker.wait_events_in(1000, timeout=90)
+        committed = int(worker.stats()["batches"])
+        # The SIEM topic now refuses every record (as a full or misconfigured cluster would).
+        set_topic_config(kafka_bootstrap, topics.events, "max.message.bytes", "64")
+        second = publish(1000)
+        wait_for("the publish step to fail", lambda: worker.ops("/readyz").status_code == 503, timeout=60)
+        assert "publish" in worker.ops("/readyz").text
+        wait_for(
+            "retries", lambda: worker.metric("auditlog_worker_call_failures_total", call="publish") >= 3, 60
+        )
+        assert int(worker.stats()["batches"]) == committed  # nothing committed meanwhile
+        assert worker.ops("/healthz").status_code == 200  # alive: not a reason to restart it
+        set_topic_config(kafka_bootstrap, topics.events, "max.message.bytes", str(16 * 1024 * 1024))
+        worker.wait_events_in(2000, timeout=120)
+        wait_for("ready again", lambda: worker.ops("/readyz").status_code == 200, timeout=30)
+        served = wait_all_visible(worker.api(admin_key), 2000, worker)
+        assert_exactly_once_in_order(first + second, served)
+    finally:
+        assert worker.stop() == 0, worker.log_text()[-3000:]
+    assert_output_stream_in_order(kafka_bootstrap, topics.events, first + second)

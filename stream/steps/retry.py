@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from confluent_kafka import KafkaException
 
@@ -29,6 +30,14 @@ class Stopping(RuntimeError):
 RETRIABLE = (StoreError, SinkError, KafkaException)
 
 
+class Watch(Protocol):
+    """Who hears of each call: its time when it succeeds, each failure."""
+
+    def call_done(self, call: str, seconds: float) -> None: ...
+
+    def call_failed(self, call: str) -> None: ...
+
+
 class Retry:
     def __init__(
         self,
@@ -36,24 +45,33 @@ class Retry:
         initial_s: float = 0.5,
         max_s: float = 30.0,
         on_retry: Callable[[str, Exception], None] | None = None,
+        watch: Watch | None = None,
     ) -> None:
         self.initial_s = initial_s
         self.max_s = max_s
         self.stopping = threading.Event()
         self._on_retry = on_retry
+        self._watch = watch
 
     def __call__(self, what: str, call: Callable[[], T]) -> T:
         delay = self.initial_s
         while True:
+            started = time.monotonic()
             try:
-                return call()
+                result = call()
             except RETRIABLE as exc:
                 log.warning("%s failed, batch not committed; retrying in %.1fs: %s", what, delay, exc)
+                if self._watch is not None:
+                    self._watch.call_failed(what)
                 if self._on_retry is not None:
                     self._on_retry(what, exc)
                 if self.stopping.wait(delay):
                     raise Stopping(f"stopped while retrying {what}") from exc
                 delay = min(delay * 2, self.max_s)
+                continue
+            if self._watch is not None:
+                self._watch.call_done(what, time.monotonic() - started)
+            return result
 
 
 def once(what: str, call: Callable[[], T]) -> T:
