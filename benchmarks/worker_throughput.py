@@ -13,6 +13,10 @@ Two figures per run, each the median of `--runs` runs on fresh topics and a fres
 Usage (a broker must be running; `deploy/kafka/local-broker.sh start` gives one):
 
     python benchmarks/worker_throughput.py --bootstrap 127.0.0.1:9092 --events 200000 --runs 3
+
+`--compare REF` runs the worker of another commit (a git worktree of REF) side by side:
+each run measures both, in alternating order, on the same broker and machine state,
+and the report gives each one's medians and the median of the per-run ratios.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from producers.contract.directory import Directory  # noqa: E402
+from producers.directory_publisher import publish_snapshots  # noqa: E402
+from producers.kafka_config import KafkaConnection  # noqa: E402
 from producers.publisher import ProducerSettings, Publisher  # noqa: E402
 from stream.settings import WorkerSettings  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
@@ -87,7 +94,9 @@ def publish(bootstrap: str, topic: str, events: list[dict[str, Any]], spool: Pat
 
 
 class Worker:
-    def __init__(self, bootstrap: str, prefix: str, workdir: Path, batch_size: int) -> None:
+    def __init__(
+        self, bootstrap: str, prefix: str, workdir: Path, batch_size: int, repo: Path = REPO
+    ) -> None:
         self.stats_path = workdir / "stats.json"
         self.log_path = workdir / "worker.log"
         self._log = self.log_path.open("wb")
@@ -117,7 +126,8 @@ class Worker:
                 "--stats-file",
                 str(self.stats_path),
             ],
-            cwd=REPO,
+            # `python -m` puts the working directory first on sys.path: the worker runs that tree's code.
+            cwd=repo,
             # Ops port 0: workers of one run must not contend for the default port.
             env={
                 **os.environ,
@@ -154,7 +164,20 @@ class Worker:
         self._log.close()
 
 
-def one_run(bootstrap: str, n: int, batch_size: int, partitions: int) -> dict[str, float]:
+def serve_bench(bootstrap: str, prefix: str) -> None:
+    """Publish a directory for the events' infrastructure: a worker refuses events of one it
+    does not serve."""
+    directory = Directory.model_validate(
+        {"infrastructure": "bench", "infrastructures": [{"id": "bench", "name": "Bench"}]}
+    )
+    publish_snapshots(
+        directory.snapshots(),
+        connection=KafkaConnection(bootstrap_servers=bootstrap),
+        topic=f"{prefix}.directory",
+    )
+
+
+def one_run(bootstrap: str, n: int, batch_size: int, partitions: int, repo: Path = REPO) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="auditlog-bench-"))
     (workdir / "faust").mkdir()
     out: dict[str, float] = {}
@@ -162,8 +185,9 @@ def one_run(bootstrap: str, n: int, batch_size: int, partitions: int) -> dict[st
     # End to end: worker waiting, then the producers start.
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     ensure_topics(_settings(bootstrap, prefix, partitions))
+    serve_bench(bootstrap, prefix)
     _mk(workdir / "e2e")
-    worker = Worker(bootstrap, prefix, workdir / "e2e", batch_size)
+    worker = Worker(bootstrap, prefix, workdir / "e2e", batch_size, repo)
     try:
         worker.wait(worker.joined, "the worker to join its group")
         events = make_events(n, prefix)
@@ -181,10 +205,11 @@ def one_run(bootstrap: str, n: int, batch_size: int, partitions: int) -> dict[st
     # Backlog drain: everything published first, then the worker starts.
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     ensure_topics(_settings(bootstrap, prefix, partitions))
+    serve_bench(bootstrap, prefix)
     events = make_events(n, prefix)
     publish(bootstrap, f"{prefix}.raw", events, workdir / "spool-drain")
     _mk(workdir / "drain")
-    worker = Worker(bootstrap, prefix, workdir / "drain", batch_size)
+    worker = Worker(bootstrap, prefix, workdir / "drain", batch_size, repo)
     try:
         worker.wait(lambda: int(worker.stats().get("events_in", 0)) >= n, f"{n} events stored")
         stats = worker.stats()
@@ -222,25 +247,52 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=20_000, help="worker batch size, in messages")
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--compare", metavar="REF", help="also run the worker of this commit, side by side")
     args = parser.parse_args()
 
-    results = []
+    trees = {"this tree": REPO}
+    if args.compare:
+        trees[args.compare] = worktree(args.compare)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     for run in range(1, args.runs + 1):
-        r = one_run(args.bootstrap, args.events, args.batch_size, args.partitions)
-        results.append(r)
-        print(
-            f"run {run}: end to end {r['e2e_events_per_s']:,.0f} events/s "
-            f"(SDK publish alone {r['publish_events_per_s']:,.0f}/s); "
-            f"backlog drain {r['drain_events_per_s']:,.0f} events/s in {r['drain_batches']:.0f} batches",
-            flush=True,
-        )
-    for key, label in (
-        ("e2e_events_per_s", "end to end"),
-        ("drain_events_per_s", "backlog drain"),
-        ("publish_events_per_s", "SDK publish"),
-    ):
-        print(f"median {label}: {statistics.median(r[key] for r in results):,.0f} events/s")
+        order = list(trees.items()) if run % 2 else list(reversed(trees.items()))
+        for name, repo in order:
+            r = one_run(args.bootstrap, args.events, args.batch_size, args.partitions, repo)
+            results[name].append(r)
+            print(
+                f"run {run} [{name}]: end to end {r['e2e_events_per_s']:,.0f} events/s "
+                f"(SDK publish alone {r['publish_events_per_s']:,.0f}/s); "
+                f"backlog drain {r['drain_events_per_s']:,.0f} events/s in {r['drain_batches']:.0f} batches",
+                flush=True,
+            )
+    for name, runs in results.items():
+        for key, label in (
+            ("e2e_events_per_s", "end to end"),
+            ("drain_events_per_s", "backlog drain"),
+            ("publish_events_per_s", "SDK publish"),
+        ):
+            print(f"[{name}] median {label}: {statistics.median(r[key] for r in runs):,.0f} events/s")
+    if args.compare:
+        ours, theirs = results["this tree"], results[args.compare]
+        for key, label in (("e2e_events_per_s", "end to end"), ("drain_events_per_s", "backlog drain")):
+            ratios = [a[key] / b[key] for a, b in zip(ours, theirs, strict=True)]
+            print(f"this tree / {args.compare}, {label}: median ratio {statistics.median(ratios):.2f}x")
     print(f"({args.events:,} events per run, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+
+
+def worktree(ref: str) -> Path:
+    """A checkout of `ref` under benchmarks/.work, made once per commit."""
+    sha = subprocess.run(  # noqa: S603 - git, with a ref the operator named
+        ["git", "rev-parse", "--short", ref],  # noqa: S607
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    path = REPO / "benchmarks" / ".work" / f"tree-{sha}"
+    if not path.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), sha], cwd=REPO, check=True)  # noqa: S603,S607
+    return path
 
 
 if __name__ == "__main__":
