@@ -221,6 +221,40 @@ def one_run(bootstrap: str, n: int, batch_size: int, partitions: int, repo: Path
     return out
 
 
+def group_drain(bootstrap: str, n: int, batch_size: int, partitions: int, workers: int) -> dict[str, float]:
+    """`workers` processes in one consumer group drain one backlog, each into a store of its own
+    (chDB opens a data folder in one process; a shared store needs a ClickHouse server). The
+    clock runs from the first batch of any to the last batch of all."""
+    workdir = Path(tempfile.mkdtemp(prefix="auditlog-bench-"))
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    ensure_topics(_settings(bootstrap, prefix, partitions))
+    serve_bench(bootstrap, prefix)
+    publish(bootstrap, f"{prefix}.raw", make_events(n, prefix), workdir / "spool")
+    started = []
+    for i in range(workers):
+        _mk(workdir / f"w{i}")
+        started.append(Worker(bootstrap, prefix, workdir / f"w{i}", batch_size))
+    try:
+
+        def drained() -> bool:
+            return sum(int(w.stats().get("events_in", 0)) for w in started) >= n
+
+        started[0].wait(drained, f"{n} events stored by {workers} workers")
+        time.sleep(2)  # a redelivered batch after a rebalance shows up in the counts
+        stats = [w.stats() for w in started]
+    finally:
+        for w in started:
+            w.stop()
+    busy = [s for s in stats if s.get("first_batch_at")]
+    elapsed = max(s["last_batch_at"] for s in busy) - min(s["first_batch_at"] for s in busy)
+    return {
+        "events_per_s": n / elapsed,
+        # Batches a worker stored but could not commit before a rebalance moved the partition:
+        # stored again by the new owner, in its own store (on a shared store, deduped).
+        "redelivered": sum(int(s["events_in"]) for s in busy) - n,
+    }
+
+
 def _mk(path: Path) -> None:
     (path / "faust").mkdir(parents=True, exist_ok=True)
 
@@ -248,7 +282,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=20_000, help="worker batch size, in messages")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--compare", metavar="REF", help="also run the worker of this commit, side by side")
+    parser.add_argument(
+        "--group-of", type=int, metavar="N", help="instead: backlog drain by 1 worker and by N in one group"
+    )
     args = parser.parse_args()
+    if args.group_of:
+        scaling(args)
+        return
 
     trees = {"this tree": REPO}
     if args.compare:
@@ -277,6 +317,24 @@ def main() -> None:
         for key, label in (("e2e_events_per_s", "end to end"), ("drain_events_per_s", "backlog drain")):
             ratios = [a[key] / b[key] for a, b in zip(ours, theirs, strict=True)]
             print(f"this tree / {args.compare}, {label}: median ratio {statistics.median(ratios):.2f}x")
+    print(f"({args.events:,} events per run, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+
+
+def scaling(args: argparse.Namespace) -> None:
+    ratios = []
+    for run in range(1, args.runs + 1):
+        sizes = (1, args.group_of) if run % 2 else (args.group_of, 1)
+        rates = {}
+        for k in sizes:
+            r = group_drain(args.bootstrap, args.events, args.batch_size, args.partitions, k)
+            rates[k] = r["events_per_s"]
+            print(
+                f"run {run} [{k} worker(s)]: backlog drain {r['events_per_s']:,.0f} events/s "
+                f"({r['redelivered']:.0f} events redelivered after the rebalance)",
+                flush=True,
+            )
+        ratios.append(rates[args.group_of] / rates[1])
+    print(f"{args.group_of} workers / 1 worker, backlog drain: median ratio {statistics.median(ratios):.2f}x")
     print(f"({args.events:,} events per run, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
 
 

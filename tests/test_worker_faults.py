@@ -176,6 +176,17 @@ def assert_output_stream_in_order(bootstrap: str, topic: str, published: list[di
     assert first_seen == {e["event_id"] for e in published}
 
 
+def publish_now(
+    bootstrap: str, topic: str, sequences: Sequences, spool: Path, n: int
+) -> list[dict[str, Any]]:
+    """`n` more events of `sequences`, published and acknowledged before this returns."""
+    events = sequences.batch(n)
+    with publisher(bootstrap, topic, spool / f"spool-{uuid.uuid4().hex[:6]}") as pub:
+        pub.publish_many(events)
+        assert pub.flush(60).ok
+    return events
+
+
 def took_a_batch(worker: Worker, flow: Flow) -> bool:
     return int(worker.stats().get("batches", 0)) >= 1 or not flow.running()
 
@@ -297,12 +308,7 @@ def test_insert_failure_mid_batch_then_recovery(
 
     sequences = Sequences()
 
-    def publish(n: int) -> list[dict[str, Any]]:
-        events = sequences.batch(n)
-        with publisher(kafka_bootstrap, topics.raw, tmp_path / f"spool-{uuid.uuid4().hex[:6]}") as pub:
-            pub.publish_many(events)
-            assert pub.flush(60).ok
-        return events
+    publish = partial(publish_now, kafka_bootstrap, topics.raw, sequences, tmp_path)
 
     # 1. Inserts of 500-row chunks: two go in, the next three are refused, then it heals.
     first = publish(5000)
@@ -393,12 +399,7 @@ def test_a_siem_topic_outage_stops_commits_loses_nothing_and_recovers(
     topics, store, admin_key = setup(kafka_bootstrap, kafka_topic_prefix, tmp_path)
     sequences = Sequences()
 
-    def publish(n: int) -> list[dict[str, Any]]:
-        events = sequences.batch(n)
-        with publisher(kafka_bootstrap, topics.raw, tmp_path / f"spool-{uuid.uuid4().hex[:6]}") as pub:
-            pub.publish_many(events)
-            assert pub.flush(60).ok
-        return events
+    publish = partial(publish_now, kafka_bootstrap, topics.raw, sequences, tmp_path)
 
     worker = Worker(
         bootstrap=kafka_bootstrap,
