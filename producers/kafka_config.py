@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -24,6 +25,7 @@ Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 _SECRET_MARKERS = ("password", "secret", "token", "key", "credential", "jaas")
 
 _LIBRDKAFKA_LOG = logging.getLogger("auditlog.librdkafka")
+_CONNECTION_PREFIXES = ("security.", "sasl.", "ssl.")
 
 
 def redacted(config: dict[str, Any]) -> dict[str, Any]:
@@ -50,6 +52,22 @@ class KafkaConnection(BaseSettings):
         default_factory=dict,
         description="further librdkafka properties as JSON, for the producers (SDK, worker, directory)",
     )
+
+    @field_validator("extra")
+    @classmethod
+    def _no_connection_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # One connection for every client: set through extra it would reach the producers only.
+        clash = sorted(k for k in value if k == "bootstrap.servers" or k.startswith(_CONNECTION_PREFIXES))
+        if clash:
+            raise ValueError(
+                f"{', '.join(clash)} cannot be set through extra: use the connection's own settings "
+                "(AUDITLOG_KAFKA_SECURITY_PROTOCOL, _SSL_*, _SASL_*), which every client reads"
+            )
+        return value
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield (name, redacted(value) if name == "extra" else value)
 
     @model_validator(mode="after")
     def _coherent(self) -> KafkaConnection:

@@ -194,10 +194,6 @@ class ProducerSettings(KafkaConnection):
         state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
         return state / "auditlog" / "spool" / self.client_id
 
-    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
-        for name, value in super().__repr_args__():
-            yield (name, redacted(value) if name == "extra" else value)
-
 
 # ------------------------------------------------------------------ partitioner
 

@@ -8,18 +8,15 @@ ones are kept in `dead_letters` with the reason.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import orjson
 
 from producers.contract.directory import Directories
 from storage.store import Store
 from stream.core import Rules, accept
 from stream.gc_pause import gc_paused
-from stream.messages import Batch, InvalidMessage, Lineage
+from stream.messages import Batch, InvalidMessage, Lineage, payload_json
 from stream.pipeline import ingest_chain
 from stream.transform import DEFAULT_MAX_FUTURE_S
 
@@ -59,15 +56,7 @@ class IngestReport:
 
 
 def _payload(_index: int, item: Any) -> bytes:
-    """The refused item as JSON, whatever it holds: it must be kept, not fail the batch."""
-    try:
-        return orjson.dumps(item, default=str)
-    except TypeError:
-        # orjson stops at 254 levels of nesting; the standard library goes further.
-        try:
-            return json.dumps(item, default=str).encode()
-        except (RecursionError, ValueError):
-            return repr(item).encode()[:1_000_000]
+    return payload_json(item)
 
 
 class BatchIngestor:

@@ -229,8 +229,13 @@ class WorkerRuntime:
         self.write_stats()
 
     def _commit_from_thread(self, offsets: dict[Any, int]) -> None:
+        """The commit step's call, from the chain's thread to the consumer on faust's loop. Bounded:
+        a loop that stopped meanwhile never runs it, and the batch then stays uncommitted."""
         assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self._commit(offsets), self._loop).result()
+        if self.retry.stopping.is_set():
+            raise Stopping("stopping before the commit: the batch is redelivered")
+        future = asyncio.run_coroutine_threadsafe(self._commit(offsets), self._loop)
+        future.result(timeout=self.settings.flush_timeout_s)
 
     async def _commit(self, offsets: dict[Any, int]) -> None:
         # Only partitions still ours: aiokafka refuses (and faust then crashes the consumer)
@@ -239,10 +244,12 @@ class WorkerRuntime:
         assigned = self.app.consumer.assignment()
         mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
         committed = bool(mine) and await self.app.consumer._commit(mine)
+        lags = {}
         for tp, offset in mine.items():
             highwater = self.app.consumer.highwater(tp)
             if highwater is not None and highwater >= 0:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset))
+                lags[(tp.topic, str(tp.partition))] = max(0, highwater - offset)
+        self.metrics.set_lag(lags, assigned={(tp.topic, str(tp.partition)) for tp in assigned})
         if not committed or len(mine) < len(offsets):
             self.counters.commits_refused += 1
             self.metrics.commits_refused.inc()

@@ -9,10 +9,14 @@ HTTP ingest report shows it.
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Final
+
+import orjson
 
 from producers.contract.event import RejectCode
 from storage.record import Row
@@ -111,6 +115,19 @@ class InvalidMessage:
         }
 
 
+def payload_json(item: object) -> bytes:
+    """Refused input as JSON, whatever it holds: it must be kept, never fail its batch. orjson
+    refuses integers past 64 bits and nesting past 254 levels, both of which strict JSON
+    decodes and the contract then refuses."""
+    try:
+        return orjson.dumps(item, default=str)
+    except TypeError:
+        try:
+            return json.dumps(item, default=str).encode()
+        except (RecursionError, ValueError):
+            return repr(item).encode()[:1_000_000]
+
+
 def one_line(reason: str) -> str:
     line = " ".join(reason.split())
     return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "…"
@@ -118,9 +135,18 @@ def one_line(reason: str) -> str:
 
 def claimed(item: object, name: str) -> str:
     """What refused input says its `infrastructure` or `event_id` is, to file its dead letter
-    under; '' where it says nothing readable."""
+    under, in the form a stored row has it (trimmed; an id in the UUID's canonical form);
+    '' where it says nothing readable."""
     value = item.get(name) if isinstance(item, dict) else None
-    return value[:256] if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    value = value.strip()[:256]
+    if name == "event_id":
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            return value
+    return value
 
 
 def key_infrastructure(key: bytes | None) -> str:

@@ -96,7 +96,18 @@ class WorkerMetrics:
             registry=r,
         )
         self._failing: set[str] = set()
+        self._lag_labels: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+
+    def set_lag(self, lags: dict[tuple[str, str], int], *, assigned: set[tuple[str, str]]) -> None:
+        """The lag of the partitions just committed; partitions a rebalance took away are dropped,
+        so that two workers never both report one."""
+        with self._lock:
+            for gone in self._lag_labels - assigned:
+                self.lag.remove(*gone)
+            self._lag_labels = (self._lag_labels & assigned) | set(lags)
+        for labels, lag in lags.items():
+            self.lag.labels(*labels).set(lag)
 
     def observe_batch(self, batch: Batch) -> None:
         self.events_in.inc(batch.received)

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from auditlog.embedded import build_embedded
 from producers.contract.directory import Directory
+from producers.envelope import ENVELOPE_CONTENT_TYPE
 from query_api.settings import ApiSettings
 from storage.reader import EventFilter, View
 from storage.store import Store
@@ -104,3 +105,26 @@ def test_kafka_rejects_are_filed_under_the_infrastructure_they_claim() -> None:
     got = [(d.code, d.infrastructure) for d in outcome.rejects]
     assert got == [("not_json", "globex"), ("unknown_infrastructure", "initech"), ("invalid", "acme")]
     assert outcome.rejects[2].dead_letter().event_id
+
+
+def test_input_orjson_cannot_encode_is_dead_lettered_not_a_crash() -> None:
+    # Strict JSON decodes an integer past 64 bits; the contract refuses it; the dead letter
+    # must still be written, or the worker would crash on this message after every restart.
+    huge = '{"envelope":1,"events":[' + orjson.dumps(event(str(uuid.uuid4()))).decode()[:-1]
+    huge += ',"details":{"n":' + str(2**70) + "}}]}"
+    envelope = RawMessage(
+        huge.encode(),
+        (("content-type", ENVELOPE_CONTENT_TYPE.encode()),),
+        "audit.raw",
+        0,
+        7,
+        1_792_000_000_000,
+    )
+    [dead] = decode_batch([envelope], served("acme")).rejects
+    assert dead.code == "invalid" and str(2**70) in dead.payload.decode()
+    # A whole envelope refused is filed under nobody: its key names its first event only.
+    broken = RawMessage(
+        b'{"envelope":9,"events":[{}]}', envelope.headers, "audit.raw", 0, 8, 1, b"globex/user/u"
+    )
+    [letter] = decode_batch([broken], served("acme")).rejects
+    assert (letter.code, letter.infrastructure) == ("envelope_version", "")

@@ -51,3 +51,15 @@ def test_incoherent_settings_are_refused() -> None:
         KafkaConnection.model_validate({"sasl_mechanism": "GSSAPI"})
     assert "security.protocol" in KafkaConnection().librdkafka()
     assert KafkaConnection().faust_credentials() is None
+
+
+def test_connection_settings_cannot_hide_in_extra() -> None:
+    for cls in (KafkaConnection, ProducerSettings):
+        with pytest.raises(ValidationError, match=r"security\.protocol"):
+            cls.model_validate({"extra": {"security.protocol": "SASL_SSL"}})
+        with pytest.raises(ValidationError, match=r"sasl\.password"):
+            cls.model_validate({"extra": {"sasl.password": "x"}})
+    shown = KafkaConnection.model_validate(
+        {"extra": {"socket.keepalive.enable": True, "x.secret": "hunter2"}}
+    )
+    assert "hunter2" not in repr(shown)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from auditlog.embedded import build_embedded
@@ -81,3 +82,12 @@ def test_the_worker_ops_server_reports_batches_and_readiness() -> None:
         assert httpx.get(f"{base}/nope").status_code == 404
     finally:
         ops.stop()
+
+
+def test_lag_of_a_partition_taken_away_is_dropped() -> None:
+    metrics = WorkerMetrics()
+    metrics.set_lag({("raw", "0"): 5, ("raw", "1"): 0}, assigned={("raw", "0"), ("raw", "1")})
+    metrics.set_lag({("raw", "0"): 2}, assigned={("raw", "0")})  # partition 1 went to another worker
+    got = samples(generate_latest(metrics.registry).decode())
+    assert got["auditlog_worker_consumer_lag", (("partition", "0"), ("topic", "raw"))] == 2
+    assert ("auditlog_worker_consumer_lag", (("partition", "1"), ("topic", "raw"))) not in got

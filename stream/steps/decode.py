@@ -28,7 +28,16 @@ from producers.envelope import (
     signed_by,
 )
 from stream.core import Rules, accept
-from stream.messages import Batch, Headers, InvalidMessage, Lineage, RawMessage, key_infrastructure, one_line
+from stream.messages import (
+    Batch,
+    Headers,
+    InvalidMessage,
+    Lineage,
+    RawMessage,
+    key_infrastructure,
+    one_line,
+    payload_json,
+)
 from stream.steps import Step
 from stream.steps.guard import RejectGuard
 from stream.transform import DEFAULT_MAX_FUTURE_S
@@ -55,13 +64,17 @@ def decode_batch(
     rules = Rules(directories=directories, max_future_s=max_future_s, wire=wire)
 
     def refuse(message: RawMessage, reason: str, code: Any) -> None:
+        # Filed under the key's infrastructure only when it is not an envelope: an envelope's
+        # key is its first event's, and in the API's Kafka mode one envelope may hold several
+        # tenants' events. An unattributed letter is an operator's to read.
+        envelope = content_type_of(message.headers) == ENVELOPE_CONTENT_TYPE
         batch.rejects.append(
             InvalidMessage(
                 reason=one_line(reason),
                 code=code,
                 payload=message.value or b"",
                 lineage=Lineage.of(message),
-                infrastructure=key_infrastructure(message.key),
+                infrastructure="" if envelope else key_infrastructure(message.key),
             )
         )
         batch.verdicts.append(False)
@@ -98,7 +111,7 @@ def _whole(value: bytes) -> Callable[[int, object], bytes]:
 
 
 def _item_json(_index: int, item: object) -> bytes:
-    return orjson.dumps(item, default=str)
+    return payload_json(item)
 
 
 def _signature_check(key: bytes, value: bytes, headers: Headers) -> Callable[[], bool]:

@@ -10,12 +10,9 @@ step sees the same batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import orjson
 
 from storage.writer import EventWriter, WriteResult
-from stream.messages import Batch, FieldProblem, InvalidMessage, one_line
+from stream.messages import Batch, FieldProblem, InvalidMessage, one_line, payload_json
 from stream.steps import Step
 
 Retrying = Callable[[str, Callable[[], WriteResult]], WriteResult]
@@ -52,7 +49,7 @@ def _settle_conflicts(batch: Batch, reasons: dict[int, str]) -> None:
             InvalidMessage(
                 reason=one_line(reason),
                 code="conflict",
-                payload=_json(origin.item),
+                payload=payload_json(origin.item),
                 lineage=origin.lineage,
                 index=origin.index,
                 infrastructure=row["infrastructure"],
@@ -64,7 +61,3 @@ def _settle_conflicts(batch: Batch, reasons: dict[int, str]) -> None:
     batch.origins = [batch.origins[i] for i in keep]
     if batch.events:
         batch.events = [batch.events[i] for i in keep]
-
-
-def _json(item: Any) -> bytes:
-    return orjson.dumps(item, default=str)

@@ -60,6 +60,10 @@ class Retry:
             try:
                 result = call()
             except RETRIABLE as exc:
+                if _fatal(exc):
+                    # A fatal client error (e.g. the idempotent producer fenced): retrying cannot
+                    # mend it, a restart with a fresh client can.
+                    raise
                 log.warning("%s failed, batch not committed; retrying in %.1fs: %s", what, delay, exc)
                 if self._watch is not None:
                     self._watch.call_failed(what)
@@ -77,3 +81,8 @@ class Retry:
 def once(what: str, call: Callable[[], T]) -> T:
     """No retry (HTTP ingest): the caller sees the failure and sends again."""
     return call()
+
+
+def _fatal(exc: Exception) -> bool:
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return bool(getattr(error, "fatal", lambda: False)())
