@@ -547,19 +547,21 @@ def test_worker_and_api_deployments_are_probed_and_disruption_budgeted() -> None
     partitions = int(_by_kind("ConfigMap")["auditlog-worker"]["data"]["AUDITLOG_WORKER_TOPIC_PARTITIONS"])
     assert 1 <= worker["replicas"] <= partitions
     wc = worker["template"]["spec"]["containers"][0]
-    probe = str(DEPLOY / "probes" / "worker_probe.py")
+    # The worker's own endpoints (stream.metrics), on the port its settings serve them on.
+    ops = {p["name"]: p["containerPort"] for p in wc["ports"]}["ops"]
+    assert ops == WorkerSettings().ops_port
+    assert _container_env(wc)["AUDITLOG_WORKER_OPS_HOST"] == "0.0.0.0"
+    for kind, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        assert wc[kind]["httpGet"] == {"path": path, "port": "ops"}, wc[kind]
+    assert worker["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(ops)
     assert (
         "COPY deploy/probes/worker_probe.py /opt/auditlog/worker_probe.py"
         in (DEPLOY / "Dockerfile").read_text()
     )
-    for kind, check in (("readinessProbe", "ready"), ("livenessProbe", "live")):
-        cmd = wc[kind]["exec"]["command"]
-        assert cmd[:3] == ["python", "/opt/auditlog/worker_probe.py", check], cmd
-        assert Path(probe).exists()
     assert _container_env(wc)["AUDITLOG_WORKER_INSTANCE_ID"]
     api = deployments["auditlog-api"]["spec"]
     ac = api["template"]["spec"]["containers"][0]
-    assert ac["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert ac["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert ac["livenessProbe"]["httpGet"]["path"] == "/healthz"
     port = int(_container_env(ac)["AUDITLOG_API_PORT"])
     assert ac["ports"][0]["containerPort"] == port
@@ -584,7 +586,7 @@ def test_the_api_serves_the_probed_path(store: Any) -> None:
     from auditlog.embedded import build_embedded
 
     paths = {getattr(r, "path", None) for r in build_embedded(store).app.routes}
-    assert "/healthz" in paths
+    assert {"/healthz", "/readyz", "/metrics"} <= paths
 
 
 # --------------------------------------------------------------------- the probe
