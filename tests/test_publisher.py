@@ -330,16 +330,25 @@ def test_cli_publish_without_broker_keeps_events_in_spool(
 def test_settings_from_env_and_redaction(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUDITLOG_KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
     monkeypatch.setenv("AUDITLOG_KAFKA_LINGER_MS", "7")
+    monkeypatch.setenv("AUDITLOG_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("AUDITLOG_KAFKA_SASL_USERNAME", "auditlog")
+    monkeypatch.setenv("AUDITLOG_KAFKA_SASL_PASSWORD", "hunter2")
     monkeypatch.setenv(
-        "AUDITLOG_KAFKA_EXTRA", '{"security.protocol": "SASL_SSL", "sasl.password": "hunter2"}'
+        "AUDITLOG_KAFKA_EXTRA", '{"client.dns.lookup": "use_all_dns_ips", "x.token": "s3cret"}'
     )
     settings = ProducerSettings()
     assert settings.bootstrap_servers == "k1:9092,k2:9092"
     assert settings.linger_ms == 7
-    assert settings.extra["sasl.password"] == "hunter2"
-    assert "hunter2" not in repr(settings)
+    assert settings.sasl_password.get_secret_value() == "hunter2"
+    assert settings.extra["x.token"] == "s3cret"
+    assert "hunter2" not in repr(settings) and "s3cret" not in repr(settings)
     monkeypatch.setenv("AUDITLOG_KAFKA_EXTRA", '{"acks": "1"}')
     with pytest.raises(ValueError, match="acks"):
+        ProducerSettings()
+    # The connection's security is its own settings', which every client reads; through extra
+    # it would reach the producers only.
+    monkeypatch.setenv("AUDITLOG_KAFKA_EXTRA", '{"sasl.password": "hunter2"}')
+    with pytest.raises(ValueError, match="cannot be set through extra"):
         ProducerSettings()
 
 
