@@ -6,7 +6,7 @@ caller's infrastructure, and recorded as a read of the log before the answer lea
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, get_args
 
 import orjson
@@ -17,7 +17,7 @@ from producers.contract.event import RejectCode
 from producers.contract.permissions import may_manage
 from query_api.admin import need_admin, record_task
 from query_api.deps import CurrentCaller, Scope, ServicesDep
-from query_api.serialize import rfc3339_ms
+from query_api.serialize import rfc3339_ms, to_ms
 
 router = APIRouter(prefix="/v1", tags=["administration"])
 
@@ -44,12 +44,6 @@ class DeadLetterOut(BaseModel):
 class DeadLetterPage(BaseModel):
     items: list[DeadLetterOut]
     more: bool = Field(description="more letters match: pass the last received_at as until")
-
-
-def _ms(ts: datetime | None) -> int | None:
-    if ts is None:
-        return None
-    return int((ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 @router.get(
@@ -80,8 +74,8 @@ def dead_letters(
             infrastructure=caller.infrastructure,
             code=code,
             event_id=event_id,
-            since_ms=_ms(since),
-            until_ms=_ms(until),
+            since_ms=to_ms(since),
+            until_ms=to_ms(until),
             limit=limit,
         )
     query = {k: v for k, v in request.query_params.multi_items()}

@@ -26,7 +26,7 @@ from producers.contract.permissions import Caller, ReadScope, may_read_activity_
 from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
 from query_api.read_audit import ReadNotRecorded
 from query_api.search import SearchSyntaxError, compile_query
-from query_api.serialize import event_out
+from query_api.serialize import event_out, to_ms
 from storage.reader import MAX_PAGE, CursorError, EventFilter, View
 
 router = APIRouter(prefix="/v1")
@@ -61,14 +61,6 @@ def _json(body: Any, status_code: int = 200) -> Response:
 
 def _bad(message: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=message)
-
-
-def _to_ms(ts: datetime | None, name: str) -> int | None:
-    if ts is None:
-        return None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return int(ts.timestamp() * 1000)
 
 
 class Filters:
@@ -107,7 +99,7 @@ class Filters:
             str | None, Query(max_length=2048, description="next_cursor of the previous page")
         ] = None,
     ) -> None:
-        since_ms, until_ms = _to_ms(since, "since"), _to_ms(until, "until")
+        since_ms, until_ms = to_ms(since), to_ms(until)
         if since_ms is not None and until_ms is not None and since_ms >= until_ms:
             raise _bad("since must be earlier than until")
         exact, prefixes = [], []

@@ -12,6 +12,15 @@ def rfc3339_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def to_ms(ts: datetime | None) -> int | None:
+    """A query parameter's time as epoch milliseconds; one without a zone is UTC."""
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return int(ts.timestamp() * 1000)
+
+
 def _none_if_empty(value: str) -> str | None:
     return value or None
 

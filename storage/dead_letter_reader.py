@@ -44,21 +44,16 @@ class DeadLetterReader:
         """Newest first. `infrastructure` None: every letter, attributed or not (operators only)."""
         conditions = ["1"]
         params: dict[str, Any] = {"limit": limit + 1, "max_payload": MAX_PAYLOAD_CHARS}
-        if infrastructure is not None:
-            conditions.append("infrastructure = {infra:String}")
-            params["infra"] = infrastructure
-        if code is not None:
-            conditions.append("reason_code = {code:String}")
-            params["code"] = code
-        if event_id is not None:
-            conditions.append("event_id = {event_id:String}")
-            params["event_id"] = event_id
-        if since_ms is not None:
-            conditions.append("received_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')")
-            params["since"] = since_ms
-        if until_ms is not None:
-            conditions.append("received_at < fromUnixTimestamp64Milli({until:Int64}, 'UTC')")
-            params["until"] = until_ms
+        for name, value, condition in (
+            ("infra", infrastructure, "infrastructure = {infra:String}"),
+            ("code", code, "reason_code = {code:String}"),
+            ("event_id", event_id, "event_id = {event_id:String}"),
+            ("since", since_ms, "received_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"),
+            ("until", until_ms, "received_at < fromUnixTimestamp64Milli({until:Int64}, 'UTC')"),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                params[name] = value
         rows = self._engine.query(
             "SELECT toUnixTimestamp64Milli(received_at) AS received_at_ms, "
             "ingest_source, infrastructure, event_id, reason_code, reason, ingest_key_id, "

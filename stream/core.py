@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from producers.contract.directory import Directories
 from producers.contract.event import InvalidEvent, parse_event
-from stream.messages import Batch, FieldProblem, InvalidMessage, Lineage, Origin, claimed, one_line
+from stream.messages import Batch, InvalidMessage, Lineage, Origin, claimed, one_line
 from stream.transform import (
     DEFAULT_MAX_FUTURE_S,
     RESERVED_ACTION_PREFIX,
@@ -76,7 +76,7 @@ def accept(
                     index=index if indexed else None,
                     infrastructure=rules.key_infrastructure or claimed(item, "infrastructure"),
                     event_id=claimed(item, "event_id"),
-                    errors=tuple(FieldProblem(e.field, e.problem) for e in exc.errors),
+                    errors=tuple(exc.errors),
                 )
             )
             batch.verdicts.append(False)

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import orjson
 
-from producers.contract.event import RejectCode
+from producers.contract.event import FieldError, RejectCode
 from storage.record import Row
 from storage.writer import DeadLetter
 
@@ -68,12 +68,6 @@ class Lineage:
 
 
 @dataclass(frozen=True, slots=True)
-class FieldProblem:
-    field: str
-    problem: str
-
-
-@dataclass(frozen=True, slots=True)
 class InvalidMessage:
     """Input refused, with why. `payload` is what the dead letter keeps: a Kafka message's own
     bytes when the whole message is refused, else the one event's JSON; `index` its position
@@ -86,7 +80,7 @@ class InvalidMessage:
     index: int | None = None
     infrastructure: str = ""
     event_id: str = ""
-    errors: tuple[FieldProblem, ...] = ()
+    errors: tuple[FieldError, ...] = ()
 
     def dead_letter(self) -> DeadLetter:
         lineage = self.lineage
@@ -111,7 +105,7 @@ class InvalidMessage:
             "event_id": self.event_id or None,
             "reason": self.reason,
             "code": self.code,
-            "errors": [{"field": e.field, "problem": e.problem} for e in self.errors],
+            "errors": [e.model_dump() for e in self.errors],
         }
 
 

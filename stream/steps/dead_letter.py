@@ -9,14 +9,11 @@ drop the repeat).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from storage.writer import EventWriter
 from stream.messages import Batch, InvalidMessage
 from stream.steps import Step
 from stream.steps.delivery import Delivery, KafkaHeaders, Record
-
-Retrying = Callable[[str, Callable[[], int]], int]
+from stream.steps.retry import Retrying
 
 
 def dlq_headers(invalid: InvalidMessage) -> KafkaHeaders:

@@ -9,13 +9,11 @@ step sees the same batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from storage.writer import EventWriter, WriteResult
-from stream.messages import Batch, FieldProblem, InvalidMessage, one_line, payload_json
+from producers.contract.event import FieldError
+from storage.writer import EventWriter
+from stream.messages import Batch, InvalidMessage, one_line, payload_json
 from stream.steps import Step
-
-Retrying = Callable[[str, Callable[[], WriteResult]], WriteResult]
+from stream.steps.retry import Retrying
 
 
 class Insert:
@@ -54,7 +52,7 @@ def _settle_conflicts(batch: Batch, reasons: dict[int, str]) -> None:
                 index=origin.index,
                 infrastructure=row["infrastructure"],
                 event_id=row["event_id"],
-                errors=(FieldProblem("event_id", "is already stored with other content"),),
+                errors=(FieldError(field="event_id", problem="is already stored with other content"),),
             )
         )
     batch.rows = [batch.rows[i] for i in keep]

@@ -9,7 +9,6 @@ but whose produce did not. Conflicts left the batch at the insert step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,8 +17,7 @@ from stream.messages import Batch
 from stream.ocsf import to_ocsf
 from stream.steps import Step
 from stream.steps.delivery import Delivery, KafkaHeaders, Record
-
-Retrying = Callable[[str, Callable[[], int]], int]
+from stream.steps.retry import Retrying
 
 
 def _event_key(event: dict[str, Any]) -> bytes:

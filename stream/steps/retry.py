@@ -78,6 +78,12 @@ class Retry:
             return result
 
 
+class Retrying(Protocol):
+    """What a step calls its service through: `Retry`, or `once`."""
+
+    def __call__(self, what: str, call: Callable[[], T]) -> T: ...
+
+
 def once(what: str, call: Callable[[], T]) -> T:
     """No retry (HTTP ingest): the caller sees the failure and sends again."""
     return call()
