@@ -35,11 +35,15 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _open_store(args: argparse.Namespace) -> Store:
+def _store_settings(args: argparse.Namespace) -> StoreSettings:
     settings = StoreSettings()
     if getattr(args, "store", None):
         settings = settings.model_copy(update={"path": args.store})
-    return Store.open(settings)
+    return settings
+
+
+def _open_store(args: argparse.Namespace) -> Store:
+    return Store.open(_store_settings(args))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -277,7 +281,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from auditlog.embedded import build_embedded
+    from auditlog.embedded import build_embedded, start_checkpoints
     from query_api.settings import ApiSettings
 
     settings = ApiSettings()
@@ -307,9 +311,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(
         f"serving on http://{settings.host}:{settings.port}/docs (ingest: {settings.ingest})", file=sys.stderr
     )
+    # Kafka mode: the workers write the store's logs and sign their checkpoints.
+    ticker = start_checkpoints(store, _store_settings(args)) if ingestor is None else None
     try:
         uvicorn.run(embedded.app, host=settings.host, port=settings.port, log_level="warning")
     finally:
+        if ticker is not None:
+            ticker.stop()
         if ingestor is not None:
             ingestor.close()
     return 0
@@ -427,6 +435,13 @@ try:
 except ImportError:  # installed without the producer extra (confluent-kafka)
     pass
 
+
+try:
+    from auditlog.cli_tlog import register as _register_tlog
+
+    _EXTRA_COMMANDS.append(_register_tlog)
+except ImportError:  # installed without the store extra (cryptography)
+    pass
 
 try:
     from auditlog.cli_schema import register as _register_schema

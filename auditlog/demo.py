@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
@@ -395,25 +396,51 @@ def _run(args: argparse.Namespace, store: Store, out: TextIO, err: TextIO) -> in
         else:
             err.write("reusing the demo already in this store (nothing ingested)\n")
 
+    checkpoint_dir = _checkpoint(store, args, err)
     directory = store.directory.load().get(build_directory(state.seed).infrastructure) or Directory()
     if _ensure_keys(store, state, directory):
         _save_state(store, state)
     settings = _api_settings(args)
     _print_guide(store, state, directory, settings, out, reused=reused)
+    if checkpoint_dir is not None:
+        store_flag = f" --store {args.store}" if getattr(args, "store", None) else ""
+        out.write(
+            f"\ntamper evidence: signed checkpoints in {checkpoint_dir}; check the store against them with\n"
+            f"  auditlog verify{store_flag}\n"
+        )
     if getattr(args, "no_serve", False):
         return 0
-    return _serve(store, settings, err)
+    return _serve(store, settings, err, args)
 
 
-def _serve(store: Store, settings: ApiSettings, err: TextIO) -> int:
+def _checkpoint(store: Store, args: argparse.Namespace, err: TextIO) -> Path | None:
+    """Sign a checkpoint of the seeded logs: an auditor can verify the demo from its first minute."""
+    from auditlog.cli import _store_settings
+    from stream.checkpointer import Checkpointer, CheckpointSettings
+
+    settings = CheckpointSettings().beside(_store_settings(args))
+    if not settings.enabled:
+        return None
+    for made in Checkpointer.from_settings(store.tree, settings).run(force=True):
+        err.write(f"  checkpoint signed: {made.origin}, {made.checkpoint.size:,} leaves\n")
+    return settings.anchor_dir
+
+
+def _serve(store: Store, settings: ApiSettings, err: TextIO, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from auditlog.embedded import build_embedded
+    from auditlog.cli import _store_settings
+    from auditlog.embedded import build_embedded, start_checkpoints
 
     embedded = build_embedded(store, api_settings=settings)
+    ticker = start_checkpoints(store, _store_settings(args))
     err.write(f"serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)\n")
     # uvicorn handles SIGINT itself; a second Ctrl-C during shutdown can still surface here.
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(embedded.app, host=settings.host, port=settings.port, log_level="warning")
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.run(embedded.app, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        if ticker is not None:
+            ticker.stop()
     err.write("stopped\n")
     return 0

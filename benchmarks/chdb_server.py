@@ -61,6 +61,12 @@ class RecordingEngine:
     def stream(self, sql: str, *, params: Params | None = None) -> Iterator[bytes]:
         return self.inner.stream(sql, params=params)
 
+    def query_binary(self, sql: str, *, params: Params | None = None) -> bytes:
+        return self.inner.query_binary(sql, params=params)
+
+    def insert_binary(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
+        self.inner.insert_binary(table, columns=columns, data=data)
+
     def close(self) -> None:
         self.inner.close()
 

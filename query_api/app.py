@@ -16,6 +16,7 @@ from query_api.admin import router as admin_router
 from query_api.dead_letters import router as dead_letters_router
 from query_api.deps import Services
 from query_api.metrics import ApiMetrics, MetricsMiddleware
+from query_api.proofs import router as proofs_router
 from query_api.read_audit import ReadNotRecorded
 from query_api.routes import router
 from query_api.ui import STATIC_DIR, STATIC_PATH
@@ -52,6 +53,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(router)
     app.include_router(admin_router)
     app.include_router(dead_letters_router)
+    app.include_router(proofs_router)
     app.include_router(ui_router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="ui-static")
 

@@ -24,6 +24,7 @@ from producers.contract import strict_json
 from producers.contract.event import ENTITY_KINDS, KindName
 from producers.contract.permissions import Caller, ReadScope, may_read_activity_log, may_read_entity
 from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
+from query_api.inclusion import inclusion
 from query_api.read_audit import ReadNotRecorded
 from query_api.search import SearchSyntaxError, compile_query
 from query_api.serialize import event_out, to_ms
@@ -196,7 +197,7 @@ class Reading:
 KNOWN_PARAMETERS = frozenset(
     {
         "since", "until", "actor", "action", "entity_kind", "entity", "environment", "outcome",
-        "infrastructure", "q", "limit", "cursor", "include_total", "format", "size",
+        "infrastructure", "q", "limit", "cursor", "include_total", "format", "size", "proofs",
     }
 )  # fmt: skip
 
@@ -360,7 +361,23 @@ def _csv_cell(event: dict[str, Any], path: str) -> str:
     return text
 
 
-def _export_lines(reading: Reading, filters: Filters, fmt: str, export_id: str) -> Iterator[bytes]:
+def _proved_lines(reading: Reading, batch: list[dict[str, Any]], sent: set[str]) -> bytes:
+    """NDJSON rows, each with its proof; a checkpoint line precedes the first row it proves,
+    so a verifier reading the file in order holds every root before the rows it needs."""
+    out = []
+    for row, proof in zip(batch, inclusion(reading.services.store.tree, batch), strict=True):
+        if proof is not None:
+            note = proof.pop("checkpoint")
+            if note not in sent:
+                sent.add(note)
+                out.append(orjson.dumps({"checkpoint": {"log": proof["log"], "note": note}}) + b"\n")
+        out.append(orjson.dumps({**event_out(row), "proof": proof}) + b"\n")
+    return b"".join(out)
+
+
+def _export_lines(
+    reading: Reading, filters: Filters, fmt: str, export_id: str, *, proofs: bool = False
+) -> Iterator[bytes]:
     """The export's bytes. Its end is recorded whatever ends it: the last row sent, the client
     gone (the server closes this generator), or a failure; with the rows handed over."""
     reader = reading.services.store.reader
@@ -376,12 +393,16 @@ def _export_lines(reading: Reading, filters: Filters, fmt: str, export_id: str) 
         chunks = reader.iter_chunks(
             scope=reading.scope, view=View(), filters=filters.filter, chunk_rows=chunk
         )
+        sent: set[str] = set()
         while True:
             with reading.turn(queue=True):
                 batch = next(chunks, None)
+                proved = _proved_lines(reading, batch, sent) if proofs and batch else b""
             if batch is None:
                 break
-            if fmt == "csv":
+            if proofs:
+                yield proved
+            elif fmt == "csv":
                 buffer = io.StringIO()
                 writer = csv.writer(buffer, lineterminator="\r\n")
                 for row in batch:
@@ -419,7 +440,15 @@ def export(
     format: Annotated[
         Literal["csv", "ndjson"], Query(description="csv (with a header row) or ndjson")
     ] = "ndjson",
+    proofs: Annotated[
+        bool,
+        Query(
+            description="ndjson only: each row with its inclusion proof, and the signed checkpoints they need"
+        ),
+    ] = False,
 ) -> StreamingResponse:
+    if proofs and format != "ndjson":
+        raise _bad("proofs=true needs format=ndjson")
     media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     export_id = str(uuid.uuid4())
@@ -429,7 +458,7 @@ def export(
         {"format": format, **_query_details(reading.request), "export_id": export_id, "phase": "started"},
     )
     return StreamingResponse(
-        _export_lines(reading, filters, format, export_id),
+        _export_lines(reading, filters, format, export_id, proofs=proofs),
         media_type=media,
         headers={"Content-Disposition": f'attachment; filename="audit-log-{stamp}.{format}"'},
     )

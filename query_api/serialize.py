@@ -72,4 +72,7 @@ def event_out(row: dict[str, Any]) -> dict[str, Any]:
             "ingest_source": row["ingest_source"],
             "ingest_key_id": _none_if_empty(row.get("ingest_key_id", "")),
         },
+        # Its leaf in the Merkle tree (GET /v1/events/{id}/proof); none for a row stored
+        # before the tree existed.
+        "position": {"log": row["log"], "index": int(row["leaf_index"])} if row.get("log") else None,
     }

@@ -67,6 +67,10 @@ PLACEMENT: Final[dict[str, str | None]] = {
     "audit_entity_index": _EVENT_KEY,  # filled on the event's shard by the view
     "event_keys": _EVENT_KEY,  # likewise: an id's key lives where its row does
     "dead_letters": "rand()",
+    # Leaves are filled on their event's shard by the view; the levels above and the
+    # checkpoints are small (one node per leaf at most, a checkpoint a minute).
+    "merkle_nodes": _EVENT_KEY,
+    "checkpoints": None,
     "directory_entities": None,
     "api_keys": None,
     "schema_migrations": None,

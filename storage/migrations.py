@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from storage.engine import Engine
+from storage.leaf_sql import leaf_hash_sql
 from storage.record import COLUMNS, KEY_COLUMNS
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -75,22 +76,74 @@ _ENTITY_INDEX_VIEW = (
 # where an id alone could only be found by a bloom filter over every partition). Filled by
 # ClickHouse in the insert into audit_events, like the entity index, so a row and its key
 # cannot be written apart by a crash between two inserts of ours.
+# With the row's place in the tree, so that a duplicate is published with the position of
+# the copy on record.
 _EVENT_KEYS = """
 CREATE TABLE IF NOT EXISTS {db}.event_keys (
     event_id UUID,
     content_hash UInt128,
-    occurred_at DateTime64(3, 'UTC')
+    occurred_at DateTime64(3, 'UTC'),
+    log LowCardinality(String),
+    leaf_index UInt64
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (event_id, content_hash)
 SETTINGS index_granularity = 8192
 """
-_EVENT_KEYS_SELECT = "SELECT event_id, content_hash, occurred_at FROM {db}.audit_events"
+_EVENT_KEYS_SELECT = "SELECT event_id, content_hash, occurred_at, log, leaf_index FROM {db}.audit_events"
 _EVENT_KEYS_VIEW = (
     "\nCREATE MATERIALIZED VIEW IF NOT EXISTS {db}.event_keys_mv TO {db}.event_keys AS\n"
     + _EVENT_KEYS_SELECT
     + "\n"
 )
+# Migration 7's text, for stores made before the tree (no log, no leaf index yet).
+_EVENT_KEYS_V7 = _EVENT_KEYS.replace(",\n    log LowCardinality(String),\n    leaf_index UInt64", "")
+_EVENT_KEYS_SELECT_V7 = "SELECT event_id, content_hash, occurred_at FROM {db}.audit_events"
+_EVENT_KEYS_VIEW_V7 = (
+    "\nCREATE MATERIALIZED VIEW IF NOT EXISTS {db}.event_keys_mv TO {db}.event_keys AS\n"
+    + _EVENT_KEYS_SELECT_V7
+    + "\n"
+)
+
+# The Merkle tree of every log (producers.contract.tlog.merkle): the hash of every perfect
+# subtree, by (log, level, index). Level 0, the leaves, is filled by ClickHouse in the
+# insert into audit_events, like the event keys, so a row is never stored outside the tree
+# nor a leaf without its row; the levels above are written by the checkpointer before it
+# signs a checkpoint over them. No TTL: a leaf outlives its row, so a tree whose old rows
+# expired still verifies. A MergeTree, not a Replacing one: two leaves at one position are
+# evidence (`auditlog verify` reports them), not something a merge may quietly fold.
+_MERKLE_NODES = """
+CREATE TABLE IF NOT EXISTS {db}.merkle_nodes (
+    log LowCardinality(String),
+    level UInt8,
+    idx UInt64,
+    hash FixedString(32),
+    event_id UUID,
+    occurred_at DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (log, level, idx)
+SETTINGS index_granularity = 8192
+"""
+_MERKLE_LEAVES_VIEW = (
+    "\nCREATE MATERIALIZED VIEW IF NOT EXISTS {db}.merkle_leaves_mv TO {db}.merkle_nodes AS\n"
+    f"SELECT log, toUInt8(0) AS level, leaf_index AS idx, {leaf_hash_sql()} AS hash, event_id, occurred_at\n"
+    "FROM {db}.audit_events\nWHERE log != ''\n"
+)
+# Signed checkpoints (producers.contract.tlog.checkpoint), the whole note as signed.
+_CHECKPOINTS = """
+CREATE TABLE IF NOT EXISTS {db}.checkpoints (
+    log LowCardinality(String),
+    tree_size UInt64,
+    root_hash String,
+    created_at DateTime64(3, 'UTC'),
+    key_id String,
+    verifier_key String,
+    note String
+)
+ENGINE = MergeTree
+ORDER BY (log, tree_size, created_at)
+"""
 
 # The directory as last-writer-wins entity snapshots, one directory per infrastructure.
 _DIRECTORY_ENTITIES = """
@@ -280,11 +333,11 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
             # counts as a duplicate, since its content cannot be compared.
             "ALTER TABLE {db}.audit_events ADD COLUMN IF NOT EXISTS content_hash UInt128 "
             "CODEC(ZSTD(1)) AFTER event_id",
-            _EVENT_KEYS,
-            "INSERT INTO {db}.event_keys\n"
-            + _EVENT_KEYS_SELECT
+            _EVENT_KEYS_V7,
+            "INSERT INTO {db}.event_keys (event_id, content_hash, occurred_at)\n"
+            + _EVENT_KEYS_SELECT_V7
             + "\nWHERE event_id NOT IN (SELECT event_id FROM {db}.event_keys)",
-            _EVENT_KEYS_VIEW,
+            _EVENT_KEYS_VIEW_V7,
         ),
         upgrade_only=True,
     ),
@@ -301,6 +354,28 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
             "ADD COLUMN IF NOT EXISTS ingest_key_id LowCardinality(String) AFTER reason_code",
         ),
         upgrade_only=True,
+    ),
+    Migration(
+        9,
+        "tree_positions",
+        (
+            # Rows stored before this migration are in no log ('') and no leaf of the tree;
+            # `auditlog verify` counts them apart. The event keys learn the position too.
+            "ALTER TABLE {db}.audit_events "
+            "ADD COLUMN IF NOT EXISTS log LowCardinality(String) CODEC(ZSTD(1)) AFTER kafka_offset, "
+            "ADD COLUMN IF NOT EXISTS leaf_index UInt64 CODEC(ZSTD(1)) AFTER log",
+            "ALTER TABLE {db}.event_keys "
+            "ADD COLUMN IF NOT EXISTS log LowCardinality(String), "
+            "ADD COLUMN IF NOT EXISTS leaf_index UInt64",
+            "DROP VIEW IF EXISTS {db}.event_keys_mv",
+            _EVENT_KEYS_VIEW,
+        ),
+        upgrade_only=True,
+    ),
+    Migration(
+        10,
+        "merkle_tree",
+        (_MERKLE_NODES, _MERKLE_LEAVES_VIEW, _CHECKPOINTS),
     ),
 )
 

@@ -19,6 +19,7 @@ import orjson
 
 from producers.contract.permissions import ReadScope
 from storage.engine import Engine
+from storage.leaf_sql import sealed_sql
 from storage.migrations import check_identifier
 from storage.record import PUBLIC_COLUMNS, entity_key
 from storage.scope_predicate import scope_predicate
@@ -31,6 +32,8 @@ _SELECT = ", ".join(
     + [
         "toUnixTimestamp64Milli(occurred_at) AS occurred_at_ms",
         "toUnixTimestamp64Milli(received_at) AS received_at_ms",
+        # What a proof of the row carries instead of its internal columns (storage.leaf_sql).
+        f"{sealed_sql()} AS leaf_sealed",
     ]
 )
 

@@ -55,9 +55,16 @@ COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("kafka_topic", "LowCardinality(String)"),
     ("kafka_partition", "Int32"),
     ("kafka_offset", "Int64"),
+    # The row's place in the Merkle tree (producers.contract.tlog): its log (one per Kafka
+    # partition, `local` for everything else) and its leaf index there, given by the writer.
+    ("log", "LowCardinality(String)"),
+    ("leaf_index", "UInt64"),
 )
 
 COLUMN_NAMES: Final[tuple[str, ...]] = tuple(name for name, _ in COLUMNS)
+TREE_COLUMNS: Final[tuple[str, ...]] = ("log", "leaf_index")
+# What enrichment emits: every column but the tree's, which the writer fills in.
+ENRICHED_COLUMNS: Final[tuple[str, ...]] = tuple(c for c in COLUMN_NAMES if c not in TREE_COLUMNS)
 
 # Columns returned by the API; lineage and scope stay internal.
 PUBLIC_COLUMNS: Final[tuple[str, ...]] = tuple(

@@ -20,6 +20,7 @@ from storage.dead_letter_reader import DeadLetterReader
 from storage.engine import ChdbEngine, Engine, ServerEngine
 from storage.migrations import check_identifier, migrate
 from storage.reader import EventReader, ReadLimits
+from storage.tree import TreeStore
 from storage.writer import EventWriter
 
 log = logging.getLogger("auditlog.store")
@@ -296,6 +297,7 @@ class Store:
         self.dead_letters = DeadLetterReader(engine, database=self.database, limits=read_limits)
         self.directory = DirectoryRepository(engine, self.database)
         self.keys = KeyRepository(engine, self.database)
+        self.tree = TreeStore(engine, database=self.database)
 
     @classmethod
     def open(cls, settings: StoreSettings | None = None) -> Store:

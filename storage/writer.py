@@ -27,6 +27,15 @@ narrow that window to a revoked partition's in-flight batch; closing it needs a
 shared arbiter (a Keeper lock per partition, or one insert per source message
 with `insert_deduplication_token`), which this writer does not have yet. This
 is argued, not tested: no server runs on the machines that test this project.
+
+Every row stored is a leaf of its log's Merkle tree (`producers.contract.tlog`): the
+writer gives it the log's next index, in batch order (a Kafka partition's offset
+order; HTTP, file and demo ingest share the log `local`), in the same insert, so a
+replay of the same input makes the same tree. A duplicate or a conflict is never a
+leaf; a duplicate is given the position of the copy on record, for the SIEM stream.
+The next index of a log is kept per store and process, and checked against the
+tree before each insert: a store written meanwhile by another process (a rebalance
+on a server) is read again instead of reusing its positions.
 """
 
 from __future__ import annotations
@@ -108,13 +117,23 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest().upper()
 
 
-_LOCKS: dict[tuple[int, str], threading.Lock] = {}
+LOCAL_LOG = "local"
+
+
+def log_of(row: Row) -> str:
+    """The log a row is a leaf of: its Kafka partition, or `local`."""
+    topic = row["kafka_topic"]
+    return f"{topic}/{row['kafka_partition']}" if topic else LOCAL_LOG
+
+
+_LOCKS: dict[tuple[int, str], tuple[threading.Lock, dict[str, int]]] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
-def _store_lock(engine: Engine, database: str) -> threading.Lock:
+def _store_state(engine: Engine, database: str) -> tuple[threading.Lock, dict[str, int]]:
+    """The store's lock and the next leaf index of each of its logs, shared by its writers."""
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault((id(engine), database), threading.Lock())
+        return _LOCKS.setdefault((id(engine), database), (threading.Lock(), {}))
 
 
 class EventWriter:
@@ -122,15 +141,43 @@ class EventWriter:
         self._engine = engine
         self._db = check_identifier(database)
         self._chunk_rows = chunk_rows
-        self._lock = _store_lock(engine, self._db)
+        self._lock, self._heads = _store_state(engine, self._db)
 
-    def _stored_hashes(self, rows: Sequence[Row]) -> dict[str, set[int]]:
+    def _stored_hashes(self, rows: Sequence[Row]) -> dict[str, dict[int, tuple[str, int]]]:
+        """Per stored id of these rows: each content hash on record, with its position."""
         found = self._engine.query(
-            f"SELECT toString(event_id) AS id, groupUniqArray(toString(content_hash)) AS hashes "
-            f"FROM {self._db}.event_keys WHERE event_id IN {{ids:Array(UUID)}} GROUP BY event_id",
+            f"SELECT toString(event_id) AS id, toString(content_hash) AS hash, any(log) AS log, "
+            f"any(leaf_index) AS idx FROM {self._db}.event_keys WHERE event_id IN {{ids:Array(UUID)}} "
+            "GROUP BY event_id, content_hash",
             params={"ids": list({r["event_id"] for r in rows})},
         )
-        return {r["id"]: {int(h) for h in r["hashes"]} for r in found}
+        stored: dict[str, dict[int, tuple[str, int]]] = {}
+        for r in found:
+            stored.setdefault(r["id"], {})[int(r["hash"])] = (r["log"], int(r["idx"]))
+        return stored
+
+    def _next_indexes(self, logs: set[str]) -> dict[str, int]:
+        """The next leaf index of each log: cached, unless the tree has grown past the cache."""
+        heads = self._heads
+        known = sorted(log for log in logs if log in heads)
+        if known:
+            taken = self._engine.query(
+                f"SELECT DISTINCT log FROM {self._db}.merkle_nodes WHERE level = 0 "
+                "AND (log, idx) IN {heads:Array(Tuple(String, UInt64))}",
+                params={"heads": [(log, heads[log]) for log in known]},
+            )
+            for r in taken:
+                del heads[r["log"]]
+        unknown = sorted(log for log in logs if log not in heads)
+        if unknown:
+            found = self._engine.query(
+                f"SELECT log, max(idx) + 1 AS next FROM {self._db}.merkle_nodes "
+                "WHERE level = 0 AND log IN {logs:Array(String)} GROUP BY log",
+                params={"logs": unknown},
+            )
+            heads.update(dict.fromkeys(unknown, 0))
+            heads.update({r["log"]: int(r["next"]) for r in found})
+        return {log: heads[log] for log in logs}
 
     def write(self, rows: Sequence[Row]) -> WriteResult:
         """Insert rows not stored yet. Returns once the store acknowledged every chunk."""
@@ -143,23 +190,39 @@ class EventWriter:
                 chunk = rows[start : start + self._chunk_rows]
                 stored = self._stored_hashes(chunk)
                 fresh = []
+                copies: list[tuple[Row, Row]] = []  # (a duplicate within the batch, its first copy)
+                firsts: dict[str, Row] = {}
                 for row in chunk:
                     event_id, digest = row["event_id"], int(row["content_hash"])
                     known = stored.get(event_id)
                     if known is None:
-                        stored[event_id] = {digest}
+                        row["log"] = log_of(row)
+                        stored[event_id] = {digest: (row["log"], -1)}
+                        firsts[event_id] = row
                         fresh.append(row)
                     elif digest in known or 0 in known:
                         # 0: a row stored before content hashes, whose content cannot be compared.
                         duplicates += 1
+                        on_record = known.get(digest, known.get(0))
+                        if event_id in firsts:
+                            copies.append((row, firsts[event_id]))
+                        elif on_record is not None:
+                            row["log"], row["leaf_index"] = on_record
                     else:
                         conflicts.append(Conflict(row, min(known)))
                 if fresh:
+                    heads = self._next_indexes({row["log"] for row in fresh})
+                    for row in fresh:
+                        row["leaf_index"] = heads[row["log"]]
+                        heads[row["log"]] += 1
                     # One JSON array, which JSONEachRow also reads: one orjson call for the
                     # chunk instead of one per row (0.9 against 6.8 us per row, measured).
                     data = orjson.dumps(fresh)
                     self._engine.insert_json(f"{self._db}.audit_events", columns=COLUMN_NAMES, data=data)
+                    self._heads.update(heads)
                     inserted += len(fresh)
+                for copy, first in copies:
+                    copy["log"], copy["leaf_index"] = first["log"], first["leaf_index"]
         return WriteResult(inserted, duplicates, tuple(conflicts))
 
     def _letters_stored(self, letters: Sequence[DeadLetter]) -> set[tuple[str, int, int, str, str]]:

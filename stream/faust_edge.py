@@ -36,7 +36,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,6 +44,7 @@ from confluent_kafka import Producer
 
 from producers.kafka_config import producer_config
 from storage.store import Store
+from stream.checkpointer import Checkpointer
 from stream.counters import Counters
 from stream.directory_follower import DirectoryFollower
 from stream.gc_pause import gc_paused
@@ -51,6 +52,9 @@ from stream.messages import Batch, RawMessage
 from stream.metrics import Heartbeat, OpsServer, WorkerMetrics
 from stream.pipeline import worker_chain
 from stream.settings import WorkerSettings
+from stream.steps import Step
+from stream.steps.checkpoint import CheckpointStep, kafka_publisher
+from stream.steps.delivery import Delivery
 from stream.steps.guard import RejectGuard, TooManyRejects
 from stream.steps.retry import Retry, Stopping
 from stream.topics import ensure_topics
@@ -143,6 +147,7 @@ class WorkerRuntime:
             counters=self.counters,
             on_batch=self._on_batch,
             commit=self._commit_from_thread,
+            checkpoints=self._checkpoint_step() if settings.checkpoints.enabled else None,
         )
         self.app: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -157,6 +162,14 @@ class WorkerRuntime:
                 ready=self.readiness,
             )
             self.ops.start()
+
+    def _checkpoint_step(self) -> Callable[[Step], Step]:
+        cp = self.settings.checkpoints.beside(self.settings.store)
+        delivery = Delivery(self.producer, flush_timeout_s=self.settings.flush_timeout_s)
+        checkpointer = Checkpointer.from_settings(
+            self.store.tree, cp, publish=kafka_publisher(delivery, topic=cp.topic)
+        )
+        return lambda commit: CheckpointStep(checkpointer, commit, interval_s=cp.interval_s)
 
     def liveness(self) -> str | None:
         """Why this worker should be restarted (its loop stopped, or a batch hangs in a call

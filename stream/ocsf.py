@@ -143,6 +143,12 @@ def to_ocsf(event: dict[str, Any]) -> dict[str, Any]:
             "original_time": event["occurred_at"],
             "tenant_uid": event["infrastructure"],
             **({"correlation_uid": event["correlation_id"]} if event.get("correlation_id") else {}),
+            # The row's leaf in the Merkle tree: its log and index there.
+            **(
+                {"log_name": event["position"]["log"], "sequence": event["position"]["index"]}
+                if event.get("position")
+                else {}
+            ),
         },
         "actor": {
             "user": {

@@ -4,7 +4,8 @@ The worker, per batch of Kafka messages (DESIGN 2, 4 and 7):
 
     decode + validate + normalize + enrich (pure)  -> reject guard
       -> insert (store, once forever per event id)  -> publish (audit.events.v1)
-      -> dead-letter (audit.dlq, dead_letters)       -> tally -> commit
+      -> dead-letter (audit.dlq, dead_letters)       -> tally
+      -> checkpoint (signed tree heads, once a minute) -> commit
 
 HTTP, files and the demo run the same core and the same insert and dead-letter
 steps, without Kafka and without a commit.
@@ -44,7 +45,10 @@ def worker_chain(
     counters: Counters,
     on_batch: Callable[[Batch], None],
     commit: Callable[[dict[Any, int]], None],
+    checkpoints: Callable[[Step], Step] | None = None,
 ) -> Decode:
+    """`checkpoints` wraps the commit in the checkpoint step (none: no checkpoints signed here)."""
+
     def delivery() -> Delivery:
         return Delivery(producer, flush_timeout_s=settings.flush_timeout_s)
 
@@ -60,7 +64,11 @@ def worker_chain(
                 DeadLetter(
                     writer,
                     retry,
-                    Tally(counters, Commit(commit), on_batch=on_batch),
+                    Tally(
+                        counters,
+                        checkpoints(Commit(commit)) if checkpoints else Commit(commit),
+                        on_batch=on_batch,
+                    ),
                     delivery=delivery(),
                     topic=settings.dlq_topic,
                 ),

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from producers.kafka_config import KafkaConnection
 from producers.topics import DIRECTORY_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from storage.store import StoreSettings
+from stream.checkpointer import CheckpointSettings
 from stream.steps.decode import DEFAULT_MAX_MESSAGE_BYTES
 from stream.transform import DEFAULT_MAX_FUTURE_S
 
@@ -87,6 +88,7 @@ class WorkerSettings(BaseSettings):
     )
     faust_datadir: Path | None = None
     store: StoreSettings = Field(default_factory=StoreSettings)
+    checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
 
     def connection(self) -> KafkaConnection:
         """The cluster connection, with this worker's bootstrap servers when it names its own."""

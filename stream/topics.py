@@ -38,6 +38,12 @@ def ensure_topics(settings: WorkerSettings, *, timeout_s: float = 60.0) -> None:
             replication_factor=settings.topic_replication,
             config={"max.message.bytes": str(max_bytes + 1024 * 1024)},
         ),
+        # Checkpoints for SIEMs and witnesses: small, kept like the events they sign.
+        NewTopic(
+            settings.checkpoints.topic,
+            num_partitions=1,
+            replication_factor=settings.topic_replication,
+        ),
         NewTopic(
             settings.directory_topic,
             num_partitions=1,

@@ -281,7 +281,7 @@ def enrich(event: AuditEvent, directory: Directory, lineage: Lineage) -> Row:
         "kafka_partition": lineage.partition,
         "kafka_offset": lineage.offset,
     }
-    # Every stored column, in order (storage.record.COLUMN_NAMES): checked by the golden tests,
+    # Every stored column, in order (storage.record.ENRICHED_COLUMNS): checked by the golden tests,
     # not here, where it would cost a tuple of 40 names per event.
     return row
 

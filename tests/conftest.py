@@ -15,6 +15,15 @@ from storage.store import Store
 pytest_plugins = ["tests.kafka_fixture"]
 
 
+@pytest.fixture(autouse=True)
+def _checkpoint_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Signing keys and anchor files of whatever a test runs (worker processes included) go to a
+    temporary folder, never into the working directory."""
+    path = tmp_path_factory.mktemp("tlog")
+    monkeypatch.setenv("AUDITLOG_CHECKPOINT_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def chdb_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     path: Path = tmp_path_factory.mktemp("chdb")

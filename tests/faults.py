@@ -52,6 +52,12 @@ class FaultyEngine:
     def stream(self, sql: str, *, params: Params | None = None) -> Any:
         return self._inner.stream(sql, params=params)
 
+    def query_binary(self, sql: str, *, params: Params | None = None) -> bytes:
+        return self._inner.query_binary(sql, params=params)
+
+    def insert_binary(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
+        self._inner.insert_binary(table, columns=columns, data=data)
+
     def close(self) -> None:
         self._inner.close()
 

@@ -18,7 +18,7 @@ from producers.contract.permissions import ReadScope
 from storage.engine import Engine
 from storage.migrations import MIGRATIONS, migrate
 from storage.reader import EventFilter, View
-from storage.record import COLUMN_NAMES, COLUMNS
+from storage.record import COLUMNS, ENRICHED_COLUMNS, TREE_COLUMNS
 from storage.store import Store
 from stream.messages import Lineage
 from stream.transform import process
@@ -33,7 +33,7 @@ def _codec(name: str) -> str:
     return "CODEC(Delta, ZSTD(1))" if name in ("occurred_at", "received_at") else "CODEC(ZSTD(1))"
 
 
-_DEFS = ",\n    ".join(f"{n} {t} {_codec(n)}" for n, t in COLUMNS)
+_DEFS = ",\n    ".join(f"{n} {t} {_codec(n)}" for n, t in COLUMNS if n not in TREE_COLUMNS)
 # What migration 1 created before migration 4 existed (the landed text of that release).
 OLD_MIGRATION_1 = (
     f"""CREATE TABLE IF NOT EXISTS {{db}}.audit_events (
@@ -46,7 +46,7 @@ OLD_MIGRATION_1 = (
     f"""CREATE TABLE IF NOT EXISTS {{db}}.audit_entity_log (entity_key String, {_DEFS})
 ENGINE = MergeTree PARTITION BY toYYYYMM(occurred_at) ORDER BY (entity_key, occurred_at, event_id)""",
     f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.audit_entity_log_mv TO {{db}}.audit_entity_log AS
-SELECT arrayJoin(entity_keys) AS entity_key, {", ".join(COLUMN_NAMES)} FROM {{db}}.audit_events""",
+SELECT arrayJoin(entity_keys) AS entity_key, {", ".join(ENRICHED_COLUMNS)} FROM {{db}}.audit_events""",
 )
 
 
@@ -162,7 +162,7 @@ def test_migration_4_converts_a_store_made_by_the_old_migration_1(chdb_engine: E
         chdb_engine.command(sql.replace("{db}", db))
     rows = _rows(_events(60))
     # Written as that release's writer did: one insert into audit_events, no key table yet.
-    chdb_engine.insert_json(f"{db}.audit_events", columns=COLUMN_NAMES, data=orjson.dumps(rows))
+    chdb_engine.insert_json(f"{db}.audit_events", columns=ENRICHED_COLUMNS, data=orjson.dumps(rows))
     chdb_engine.command(
         f"CREATE TABLE {db}.schema_migrations (version UInt32, name String, applied_at DateTime64(3, 'UTC') "
         "DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
@@ -176,7 +176,7 @@ def test_migration_4_converts_a_store_made_by_the_old_migration_1(chdb_engine: E
                 f"INSERT INTO {db}.schema_migrations (version, name) VALUES ({m.version}, '{m.name}')"
             )
 
-    assert migrate(chdb_engine, db) == [4, 5, 6, 7, 8]
+    assert migrate(chdb_engine, db) == [4, 5, 6, 7, 8, 9, 10]
     store = Store(chdb_engine, database=db)
     tables = {
         r["name"]

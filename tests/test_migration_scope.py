@@ -29,7 +29,7 @@ from tests.grants import only
 # The release's stored columns: today's, with the two per-row token lists around scope_key.
 _OLD_COLUMNS: list[tuple[str, str]] = []
 for _name, _type in COLUMNS:
-    if _name in ("ingest_key_id", "content_hash"):  # added by migrations 6 and 7
+    if _name in ("ingest_key_id", "content_hash", "log", "leaf_index"):  # added by migrations 6, 7 and 9
         continue
     if _name == "scope_key":
         _OLD_COLUMNS += [("read_scope", "Array(String)"), (_name, _type), ("scope_multi", "Array(String)")]
@@ -139,7 +139,7 @@ def test_migrations_5_to_8_rescope_old_rows_and_move_directory_and_keys(chdb_eng
         "(now64(3), 'api', 'invalid event: outcome', '{}', '', -1, -1)"
     )
 
-    assert migrate(chdb_engine, db) == [5, 6, 7, 8]
+    assert migrate(chdb_engine, db) == [5, 6, 7, 8, 9, 10]
     store = Store(chdb_engine, database=db)
 
     tokens = {

@@ -14,7 +14,7 @@ import pytest
 
 from producers.contract.directory import Directories, Directory, load_directory
 from producers.contract.event import InvalidEvent, parse_event
-from storage.record import COLUMN_NAMES
+from storage.record import ENRICHED_COLUMNS
 from stream.messages import Lineage
 from stream.transform import canonical_action, normalize, process
 
@@ -26,7 +26,7 @@ def _run(directory: Directory) -> bytes:
     lines = (GOLDEN / "events_in.ndjson").read_bytes().splitlines()
     served = Directories([directory])
     rows = [process(parse_event(orjson.loads(line)), served, LINEAGE) for line in lines if line.strip()]
-    assert all(tuple(r) == COLUMN_NAMES for r in rows), "enrich must emit every stored column, in order"
+    assert all(tuple(r) == ENRICHED_COLUMNS for r in rows), "enrich must emit every stored column, in order"
     return b"".join(orjson.dumps(r) + b"\n" for r in rows)
 
 

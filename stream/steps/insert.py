@@ -5,6 +5,10 @@ as a conflict; a conflicting row leaves the batch here, as an `InvalidMessage` w
 both content hashes, so it reaches the dead letters and never the SIEM stream as if
 it were on record. Whatever the attempt, the same rows conflict: a retry of a later
 step sees the same batch.
+
+Each event for the SIEM stream learns its row's place in the Merkle tree (`position`:
+log and leaf index, the stored copy's for a duplicate), so a SIEM can check it against
+the published checkpoints and see a gap.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class Insert:
         if result.conflicts:
             # By identity: a batch may hold one id twice, the first copy stored, the second not.
             _settle_conflicts(batch, {id(c.row): c.reason for c in result.conflicts})
+        for row, event in zip(batch.rows, batch.events, strict=False):
+            event["position"] = {"log": row["log"], "index": row["leaf_index"]} if row.get("log") else None
         self._next.submit(batch)
 
 

@@ -36,6 +36,9 @@ def event_records(events: list[dict[str, Any]], *, topic: str, ocsf: bool) -> li
             ("x-format", fmt),
             ("x-event-id", str(event["event_id"]).encode()),
         ]
+        position = event.get("position")
+        if position:
+            headers += [("x-log", position["log"].encode()), ("x-log-index", str(position["index"]).encode())]
         records.append(Record(topic, orjson.dumps(body), _event_key(event), headers))
     return records
 

@@ -1,0 +1,157 @@
+"""The bytes a leaf hashes: one stored event, canonical and versioned (`auditlog/leaf/v1`).
+
+A leaf's data is a sequence of netstrings (`<byte length>:<bytes>,`, lengths in
+decimal ASCII, bytes UTF-8):
+
+1. the version tag `auditlog/leaf/v1`;
+2. the log's name and the leaf's index in it (decimal);
+3. every field of `PUBLIC_FIELDS`, in that order;
+4. `sealed`: the lowercase hex SHA-256 of the netstrings of `SEALED_FIELDS`, the
+   internal columns (scope token, content hash, entity keys, Kafka lineage) an export
+   does not show but the store's verification checks.
+
+Values: strings as stored (an absent optional field is the empty string); integers in
+decimal; UUIDs in lowercase 8-4-4-4-12 form; times as milliseconds since the epoch;
+a list is one netstring holding its elements' netstrings. `changes` and `details` are
+the JSON texts as stored (sorted keys, compact). The store computes the same bytes in
+SQL (`storage.tree`), so a check of every row needs no Python per row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, Literal
+
+from producers.contract.tlog.merkle import leaf_hash
+
+VERSION: Final = "auditlog/leaf/v1"
+
+Kind = Literal["str", "int", "uuid", "ms", "strs"]
+
+PUBLIC_FIELDS: Final[tuple[tuple[str, Kind], ...]] = (
+    ("event_id", "uuid"),
+    ("schema_version", "int"),
+    ("occurred_at", "ms"),
+    ("received_at", "ms"),
+    ("infrastructure", "str"),
+    ("environment", "str"),
+    ("actor_id", "str"),
+    ("actor_name", "str"),
+    ("actor_type", "str"),
+    ("actor_ip", "str"),
+    ("actor_user_agent", "str"),
+    ("actor_session_id", "str"),
+    ("action", "str"),
+    ("target_kind", "str"),
+    ("target_id", "str"),
+    ("target_name", "str"),
+    ("related_kinds", "strs"),
+    ("related_ids", "strs"),
+    ("related_names", "strs"),
+    ("outcome", "str"),
+    ("reason", "str"),
+    ("changes", "str"),
+    ("details", "str"),
+    ("source_service", "str"),
+    ("source_host", "str"),
+    ("source_version", "str"),
+    ("request_id", "str"),
+    ("correlation_id", "str"),
+    ("plan_app_ids", "strs"),
+    ("app_team_id", "str"),
+    ("ingest_source", "str"),
+    ("ingest_key_id", "str"),
+)
+SEALED_FIELDS: Final[tuple[tuple[str, Kind], ...]] = (
+    ("content_hash", "int"),
+    ("entity_keys", "strs"),
+    ("scope_key", "str"),
+    ("kafka_topic", "str"),
+    ("kafka_partition", "int"),
+    ("kafka_offset", "int"),
+)
+
+
+def netstring(data: bytes) -> bytes:
+    return b"%d:%s," % (len(data), data)
+
+
+def _value(kind: Kind, value: Any) -> bytes:
+    if kind == "strs":
+        return b"".join(netstring(str(v).encode()) for v in value)
+    return str(value).encode()
+
+
+def _fields(fields: Sequence[tuple[str, Kind]], values: Mapping[str, Any]) -> bytes:
+    return b"".join(netstring(_value(kind, values[name])) for name, kind in fields)
+
+
+def sealed_digest(values: Mapping[str, Any]) -> str:
+    return hashlib.sha256(_fields(SEALED_FIELDS, values)).hexdigest()
+
+
+def leaf_data(log: str, index: int, values: Mapping[str, Any], *, sealed: str | None = None) -> bytes:
+    """The leaf's bytes from canonical values (`values[name]` as described above); `sealed`
+    when the sealed fields themselves are not at hand (an export carries the digest)."""
+    return b"".join(
+        (
+            netstring(VERSION.encode()),
+            netstring(log.encode()),
+            netstring(str(index).encode()),
+            _fields(PUBLIC_FIELDS, values),
+            netstring((sealed if sealed is not None else sealed_digest(values)).encode()),
+        )
+    )
+
+
+def event_leaf_hash(log: str, index: int, values: Mapping[str, Any], *, sealed: str | None = None) -> bytes:
+    return leaf_hash(leaf_data(log, index, values, sealed=sealed))
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000 + 0.5)
+
+
+def values_from_event(event: Mapping[str, Any], *, changes: str, details: str) -> dict[str, Any]:
+    """The canonical values of an event as the API shows it (`GET /v1/events/{id}`, exports):
+    the inverse of its nesting. `changes` and `details` are the stored texts a proof carries,
+    which must parse to the event's own `changes` and `details` (checked by the caller)."""
+    actor, target, source = event["actor"], event["target"], event["source"]
+    related = event["related"]
+    enrichment, provenance = event["enrichment"], event["provenance"]
+    return {
+        "event_id": str(event["event_id"]).lower(),
+        "schema_version": int(event["schema_version"]),
+        "occurred_at": _ms(event["occurred_at"]),
+        "received_at": _ms(event["received_at"]),
+        "infrastructure": event["infrastructure"],
+        "environment": event["environment"] or "",
+        "actor_id": actor["id"],
+        "actor_name": actor["name"] or "",
+        "actor_type": actor["type"],
+        "actor_ip": actor["ip"] or "",
+        "actor_user_agent": actor["user_agent"] or "",
+        "actor_session_id": actor["session_id"] or "",
+        "action": event["action"],
+        "target_kind": target["kind"],
+        "target_id": target["id"],
+        "target_name": target["name"] or "",
+        "related_kinds": [r["kind"] for r in related],
+        "related_ids": [r["id"] for r in related],
+        "related_names": [r["name"] or "" for r in related],
+        "outcome": event["outcome"],
+        "reason": event["reason"] or "",
+        "changes": changes,
+        "details": details,
+        "source_service": source["service"],
+        "source_host": source["host"],
+        "source_version": source["version"],
+        "request_id": event["request_id"] or "",
+        "correlation_id": event["correlation_id"] or "",
+        "plan_app_ids": list(enrichment["plan_application_ids"]),
+        "app_team_id": enrichment["application_team_id"] or "",
+        "ingest_source": provenance["ingest_source"],
+        "ingest_key_id": provenance["ingest_key_id"] or "",
+    }

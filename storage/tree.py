@@ -1,0 +1,242 @@
+"""The Merkle tree's tables: leaves, the perfect subtrees above them, signed checkpoints.
+
+Leaves are written by ClickHouse with their rows (migration 10); this module reads
+them, keeps the levels above that the checkpointer computes, and stores its
+checkpoints. Hashes travel as RowBinary, 32 raw bytes each.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from producers.contract.tlog.merkle import Coord
+from storage.engine import Engine
+from storage.leaf_sql import leaf_hash_sql
+from storage.migrations import check_identifier
+
+_LEAF = struct.Struct("<Q32s")
+_ROW_CHECK = struct.Struct("<B Q 16s 32s B Q 16s 32s q")
+_EMPTY_UUID = b"\x00" * 16
+_NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
+LEAF_PAGE = 1_000_000
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _uuid_text(raw: bytes) -> str:
+    # RowBinary UUID: two little-endian 64-bit halves.
+    hi, lo = struct.unpack("<QQ", raw)
+    h = f"{hi:016x}{lo:016x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    log: str
+    size: int
+    root: bytes
+    created_ms: int
+    key_id: str
+    verifier_key: str
+    note: str
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """One position where a row and the tree disagree (`None`: that side is absent)."""
+
+    index: int
+    row_event_id: str | None
+    row_hash: bytes | None
+    leaf_event_id: str | None
+    leaf_hash: bytes | None
+    leaf_occurred_ms: int | None
+
+
+class TreeStore:
+    def __init__(self, engine: Engine, *, database: str) -> None:
+        self._engine = engine
+        self._db = check_identifier(database)
+
+    def logs(self) -> list[str]:
+        rows = self._engine.query(
+            f"SELECT log FROM {self._db}.merkle_nodes WHERE level = 0 GROUP BY log "
+            f"UNION DISTINCT SELECT log FROM {self._db}.checkpoints GROUP BY log"
+        )
+        return sorted(r["log"] for r in rows)
+
+    def leaf_count(self, log: str) -> int:
+        """One past the log's highest leaf index (its size, when no position is missing)."""
+        rows = self._engine.query(
+            f"SELECT count() AS n, max(idx) AS top FROM {self._db}.merkle_nodes "
+            "WHERE log = {log:String} AND level = 0",
+            params={"log": log},
+        )
+        return int(rows[0]["top"]) + 1 if int(rows[0]["n"]) else 0
+
+    def leaves(self, log: str, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """(index, hash) of the log's leaves in [start, end), in index order, a page at a time."""
+        end = self.leaf_count(log) if end is None else end
+        for page in range(start, end, LEAF_PAGE):
+            data = self._engine.query_binary(
+                f"SELECT idx, hash FROM {self._db}.merkle_nodes WHERE log = {{log:String}} AND level = 0 "
+                "AND idx >= {start:UInt64} AND idx < {stop:UInt64} ORDER BY idx",
+                params={"log": log, "start": page, "stop": min(end, page + LEAF_PAGE)},
+            )
+            yield from _LEAF.iter_unpack(data)
+
+    def nodes(self, log: str, coords: Iterable[Coord]) -> dict[Coord, bytes]:
+        wanted = sorted(set(coords))
+        if not wanted:
+            return {}
+        data = self._engine.query_binary(
+            f"SELECT level, idx, any(hash) FROM {self._db}.merkle_nodes WHERE log = {{log:String}} "
+            "AND (level, idx) IN {coords:Array(Tuple(UInt8, UInt64))} GROUP BY level, idx",
+            params={"log": log, "coords": wanted},
+        )
+        return {(level, idx): h for level, idx, h in struct.iter_unpack("<BQ32s", data)}
+
+    def put_nodes(self, log: str, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        """Keep perfect subtrees above the leaves (levels >= 1): idempotent in content, a rerun
+        after a crash writes the same hashes again."""
+        head = _varint(len(log.encode())) + log.encode()
+        data = b"".join(
+            head + struct.pack("<BQ32s16s", level, idx, h, _EMPTY_UUID) + struct.pack("<q", 0)
+            for level, idx, h in nodes
+            if level > 0
+        )
+        if data:
+            self._engine.insert_binary(
+                f"{self._db}.merkle_nodes",
+                columns=("log", "level", "idx", "hash", "event_id", "occurred_at"),
+                data=data,
+            )
+
+    def _checkpoint(self, r: dict[str, Any]) -> StoredCheckpoint:
+        return StoredCheckpoint(
+            log=r["log"],
+            size=int(r["tree_size"]),
+            root=bytes.fromhex(r["root_hash"]),
+            created_ms=int(r["created_ms"]),
+            key_id=r["key_id"],
+            verifier_key=r["verifier_key"],
+            note=r["note"],
+        )
+
+    def checkpoints(self, log: str | None = None) -> list[StoredCheckpoint]:
+        """Every checkpoint of one log or all, in the order they were made."""
+        where = "WHERE log = {log:String}" if log is not None else ""
+        rows = self._engine.query(
+            "SELECT log, tree_size, root_hash, toUnixTimestamp64Milli(created_at) AS created_ms, key_id, "
+            f"verifier_key, note FROM {self._db}.checkpoints {where} ORDER BY log, tree_size, created_at",
+            params={"log": log} if log is not None else None,
+        )
+        return [self._checkpoint(r) for r in rows]
+
+    def latest_checkpoint(self, log: str) -> StoredCheckpoint | None:
+        rows = self._engine.query(
+            "SELECT log, tree_size, root_hash, toUnixTimestamp64Milli(created_at) AS created_ms, key_id, "
+            f"verifier_key, note FROM {self._db}.checkpoints WHERE log = {{log:String}} "
+            "ORDER BY tree_size DESC, created_at DESC LIMIT 1",
+            params={"log": log},
+        )
+        return self._checkpoint(rows[0]) if rows else None
+
+    def save_checkpoint(self, cp: StoredCheckpoint) -> None:
+        self._engine.command(
+            f"INSERT INTO {self._db}.checkpoints (log, tree_size, root_hash, created_at, key_id, "
+            "verifier_key, note) VALUES ({log:String}, {size:UInt64}, {root:String}, "
+            "fromUnixTimestamp64Milli({at:Int64}, 'UTC'), {key:String}, {verifier:String}, {note:String})",
+            params={
+                "log": cp.log,
+                "size": cp.size,
+                "root": cp.root.hex(),
+                "at": cp.created_ms,
+                "key": cp.key_id,
+                "verifier": cp.verifier_key,
+                "note": cp.note,
+            },
+        )
+
+    def duplicate_positions(self, log: str) -> list[tuple[str, int, list[str]]]:
+        """(table, index, event ids) of each position held by more than one row or leaf."""
+        rows = self._engine.query(
+            f"SELECT 'row' AS t, leaf_index AS i, groupArray(toString(event_id)) AS ids "
+            f"FROM {self._db}.audit_events WHERE log = {{log:String}} GROUP BY leaf_index HAVING count() > 1 "
+            f"UNION ALL SELECT 'leaf' AS t, idx AS i, groupArray(toString(event_id)) AS ids "
+            f"FROM {self._db}.merkle_nodes WHERE log = {{log:String}} AND level = 0 GROUP BY idx "
+            "HAVING count() > 1",
+            params={"log": log},
+        )
+        return sorted((r["t"], int(r["i"]), sorted(r["ids"])) for r in rows)
+
+    def row_mismatches(
+        self, log: str, *, since_ms: int | None = None, until_ms: int | None = None
+    ) -> list[RowCheck]:
+        """Every position of the log where the row stored there does not hash to its leaf, one
+        side is missing, or the two name different events. The rows are hashed by ClickHouse
+        (`storage.leaf_sql`), so a check of every row moves only the disagreements."""
+        time = ""
+        params: dict[str, Any] = {"log": log}
+        if since_ms is not None:
+            time += " AND occurred_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
+            params["since"] = since_ms
+        if until_ms is not None:
+            time += " AND occurred_at < fromUnixTimestamp64Milli({until:Int64}, 'UTC')"
+            params["until"] = until_ms
+        data = self._engine.query_binary(
+            f"SELECT r.idx IS NOT NULL, ifNull(ifNull(r.idx, l.idx), 0), ifNull(r.event_id, {_NIL}), "
+            "ifNull(r.h, toFixedString('', 32)), l.idx IS NOT NULL, ifNull(l.idx, 0), "
+            f"ifNull(l.event_id, {_NIL}), ifNull(l.hash, toFixedString('', 32)), "
+            "ifNull(toUnixTimestamp64Milli(l.occurred_at), 0) FROM "
+            f"(SELECT leaf_index AS idx, event_id, {leaf_hash_sql()} AS h FROM {self._db}.audit_events "
+            f"WHERE log = {{log:String}}{time}) AS r "
+            f"FULL OUTER JOIN (SELECT idx, event_id, hash, occurred_at FROM {self._db}.merkle_nodes "
+            f"WHERE log = {{log:String}} AND level = 0{time}) AS l ON r.idx = l.idx "
+            "WHERE r.idx IS NULL OR l.idx IS NULL OR r.h != l.hash OR r.event_id != l.event_id "
+            "ORDER BY 2 SETTINGS join_use_nulls = 1",
+            params=params,
+        )
+        out = []
+        for has_row, idx, rid, rh, has_leaf, _lidx, lid, lh, lms in _ROW_CHECK.iter_unpack(data):
+            out.append(
+                RowCheck(
+                    index=idx,
+                    row_event_id=_uuid_text(rid) if has_row else None,
+                    row_hash=rh if has_row else None,
+                    leaf_event_id=_uuid_text(lid) if has_leaf else None,
+                    leaf_hash=lh if has_leaf else None,
+                    leaf_occurred_ms=lms if has_leaf else None,
+                )
+            )
+        return out
+
+    def rows_outside_tree(self, *, limit: int = 1000) -> tuple[int, list[str]]:
+        """Rows in no log: how many were stored before the tree existed (migration 9), and the
+        ids of those received since, which no writer of this version makes: inserted."""
+
+        # When the tree came: migration 9's time, or the epoch for a store made with it (its
+        # migrations 1 and 9 a few seconds apart), where no row can predate the tree.
+        def at(version: int) -> str:
+            return f"(SELECT min(applied_at) FROM {self._db}.schema_migrations WHERE version = {version})"
+
+        since = f"(SELECT if(dateDiff('second', {at(1)}, {at(9)}) < 60, toDateTime64(0, 3, 'UTC'), {at(9)}))"
+        old = self._engine.query(
+            f"SELECT count() AS n FROM {self._db}.audit_events WHERE log = '' AND received_at < {since}"
+        )
+        new = self._engine.query(
+            f"SELECT toString(event_id) AS id FROM {self._db}.audit_events WHERE log = '' "
+            f"AND received_at >= {since} ORDER BY received_at LIMIT {{limit:UInt32}}",
+            params={"limit": limit},
+        )
+        return int(old[0]["n"]), [r["id"] for r in new]

@@ -1,0 +1,235 @@
+"""Signed checkpoints of every log: extend the tree, sign its new head, anchor it.
+
+One run for a log reads the leaves stored since its last checkpoint, extends the
+tree from the compact range of that checkpoint (its perfect subtrees, read back
+from the store), keeps every perfect subtree it completes, and signs a C2SP
+checkpoint chained to the previous one. The checkpoint goes to the store, to a
+file under the checkpoint directory (`<dir>/logs/<log>/checkpoint`, and every one
+kept as `<dir>/logs/<log>/<size>-<time>.checkpoint`: an anchor outside the store)
+and to whatever `publish` sends it to (the worker: `audit.checkpoints.v1`).
+
+Nodes are stored before the checkpoint that covers them: a crash in between leaves
+nodes the next run computes again, identically. Runs of one log are serialized
+per process; a log is checkpointed by the process that writes it (its partition's
+owner, or the embedded store's process).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from producers.contract.tlog.checkpoint import Checkpoint, note_hash
+from producers.contract.tlog.merkle import Frontier
+from producers.contract.tlog.note import Signer
+from storage.store import StoreSettings
+from storage.tree import StoredCheckpoint, TreeStore
+from stream import signing_key
+
+log = logging.getLogger("auditlog.checkpoints")
+
+
+class CheckpointSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUDITLOG_CHECKPOINT_", extra="ignore")
+
+    enabled: bool = True
+    origin: str = Field(
+        default="auditlog",
+        description="the key name, and the prefix of every log's origin (<origin>/<log>)",
+        pattern=r"^[^\s+]+$",
+    )
+    dir: Path | None = Field(
+        default=None,
+        description="anchor files and published verifier keys (default: <chDB folder>-tlog beside the "
+        "store, or ./auditlog-tlog for a server)",
+    )
+    key_file: Path | None = Field(
+        default=None, description="the Ed25519 signing key (default <dir>/signing.key)"
+    )
+    interval_s: float = Field(default=60.0, gt=0, description="at least this often while events arrive")
+    topic: str = "audit.checkpoints.v1"
+
+    def beside(self, store: StoreSettings) -> CheckpointSettings:
+        """These settings with the default directory of `store` filled in."""
+        if self.dir is not None:
+            return self
+        folder = (
+            store.path.parent / f"{store.path.name}-tlog" if store.engine == "chdb" else Path("auditlog-tlog")
+        )
+        return self.model_copy(update={"dir": folder})
+
+    @property
+    def anchor_dir(self) -> Path:
+        return self.dir if self.dir is not None else Path("auditlog-tlog")
+
+    @property
+    def signing_key_file(self) -> Path:
+        return self.key_file or self.anchor_dir / "signing.key"
+
+    def signer(self) -> Signer:
+        return signing_key.load_or_create(
+            self.signing_key_file, name=self.origin, publish_dir=self.anchor_dir
+        )
+
+
+@dataclass(frozen=True)
+class Made:
+    """A checkpoint just made: what `publish` receives."""
+
+    log: str
+    origin: str
+    checkpoint: Checkpoint
+    note: str
+    verifier_key: str
+
+
+def _safe(log_name: str) -> Path:
+    parts = [p for p in log_name.split("/") if p not in ("", ".", "..")]
+    return Path(*parts) if parts else Path("_")
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        tree: TreeStore,
+        signer: Signer,
+        *,
+        origin: str,
+        anchor_dir: Path | None,
+        publish: Callable[[Made], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._tree = tree
+        self._signer = signer
+        self._origin = origin
+        self._anchor = anchor_dir
+        self._publish = publish
+        self._clock = clock
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, tree: TreeStore, settings: CheckpointSettings, publish: Callable[[Made], None] | None = None
+    ) -> Checkpointer:
+        return cls(
+            tree, settings.signer(), origin=settings.origin, anchor_dir=settings.anchor_dir, publish=publish
+        )
+
+    def _lock(self, log_name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(log_name, threading.Lock())
+
+    def origin_of(self, log_name: str) -> str:
+        return f"{self._origin}/{log_name}"
+
+    def run(self, logs: Iterable[str] | None = None, *, force: bool = False) -> list[Made]:
+        """A checkpoint of each log that grew since its last one (every log when `force`)."""
+        made = []
+        for log_name in sorted(set(logs) if logs is not None else self._tree.logs()):
+            one = self.checkpoint(log_name, force=force)
+            if one is not None:
+                made.append(one)
+        return made
+
+    def checkpoint(self, log_name: str, *, force: bool = False) -> Made | None:
+        with self._lock(log_name):
+            last = self._tree.latest_checkpoint(log_name)
+            start = last.size if last else 0
+            coords = Frontier.coords(start)
+            stored = self._tree.nodes(log_name, coords)
+            missing = [c for c in coords if c not in stored]
+            if missing:
+                raise RuntimeError(
+                    f"log {log_name}: the tree of its last checkpoint ({start} leaves) lacks the subtrees "
+                    f"{missing[:4]}: run `auditlog verify --log {log_name}`"
+                )
+            frontier = Frontier(start, [stored[c] for c in coords])
+            completed: list[tuple[int, int, bytes]] = []
+            for index, leaf in self._tree.leaves(log_name, start):
+                if index != frontier.size:
+                    break  # a position not written (yet): the tree stops before it
+                frontier.append(leaf, completed)
+            if frontier.size == start and not force and last is not None:
+                return None
+            if frontier.size == 0 and last is None and not force:
+                return None
+            self._tree.put_nodes(log_name, completed)
+            checkpoint = Checkpoint(
+                origin=self.origin_of(log_name),
+                size=frontier.size,
+                root=frontier.root(),
+                time_ms=int(self._clock() * 1000),
+                prev=note_hash(last.note) if last else None,
+            )
+            note = self._signer.sign(checkpoint.text())
+            verifier = self._signer.verifier
+            self._tree.save_checkpoint(
+                StoredCheckpoint(
+                    log=log_name,
+                    size=checkpoint.size,
+                    root=checkpoint.root,
+                    created_ms=checkpoint.time_ms,
+                    key_id=verifier.key_id,
+                    verifier_key=str(verifier),
+                    note=note,
+                )
+            )
+            made = Made(log_name, checkpoint.origin, checkpoint, note, str(verifier))
+            self._anchor_file(made)
+            if self._publish is not None:
+                self._publish(made)
+            log.info("checkpoint %s: %d leaves", checkpoint.origin, checkpoint.size)
+            return made
+
+    def _anchor_file(self, made: Made) -> None:
+        if self._anchor is None:
+            return
+        folder = self._anchor / "logs" / _safe(made.log)
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = folder / f"{made.checkpoint.size:012d}-{made.checkpoint.time_ms}.checkpoint"
+        for path in (kept, folder / "checkpoint"):
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(made.note)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+
+
+class Ticker:
+    """Runs the checkpointer every `interval_s` in a thread of its own (the embedded store's
+    process); a failed run is logged and tried again at the next tick."""
+
+    def __init__(self, checkpointer: Checkpointer, *, interval_s: float) -> None:
+        self._checkpointer = checkpointer
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="auditlog-checkpoints", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._checkpointer.run()
+            except Exception:
+                log.exception("checkpoint run failed; retried in %.0f s", self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        try:
+            self._checkpointer.run()
+        except Exception:
+            log.exception("the last checkpoint run failed")

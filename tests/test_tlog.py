@@ -1,0 +1,366 @@
+"""The tamper evidence: the Merkle tree, signed checkpoints, and `auditlog verify` naming what changed.
+
+The tree and the notes are checked against published vectors (RFC 6962's test
+leaves, Go's signed-note example) and an independent recursive model; the store's
+SQL leaf hash against the Python one; each kind of tampering against `verify`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from auditlog.verify_store import LogReport, verify_log, verify_store
+from producers.contract.directory import Directories, load_directory
+from producers.contract.tlog import merkle
+from producers.contract.tlog.checkpoint import Checkpoint, note_hash, open_checkpoint
+from producers.contract.tlog.leaf import event_leaf_hash
+from producers.contract.tlog.note import NoteError, Signer, Verifier
+from storage.leaf_sql import leaf_hash_sql
+from storage.store import Store
+from stream.batch_ingest import BatchIngestor
+from stream.checkpointer import Checkpointer
+
+GOLDEN = Path(__file__).parent / "golden"
+
+# RFC 6962's test leaves and the roots of their first n (certificate-transparency's tree tests).
+RFC6962_LEAVES = [
+    "",
+    "00",
+    "10",
+    "2021",
+    "3031",
+    "40414243",
+    "5051525354555657",
+    "606162636465666768696a6b6c6d6e6f",
+]
+RFC6962_ROOTS = [
+    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+    "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+    "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+    "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+    "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+    "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+]
+
+
+def _mth(leaves: list[bytes]) -> bytes:
+    """RFC 6962's definition, recursively: the model the iterative code is checked against."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return merkle.node_hash(_mth(leaves[:k]), _mth(leaves[k:]))
+
+
+def test_roots_match_rfc6962_vectors() -> None:
+    leaves = [merkle.leaf_hash(bytes.fromhex(x)) for x in RFC6962_LEAVES]
+    for n, root in enumerate(RFC6962_ROOTS, start=1):
+        assert merkle.root_of(leaves[:n]).hex() == root
+    assert merkle.root_of([]) == hashlib.sha256(b"").digest()
+
+
+def test_proofs_at_every_size_against_the_recursive_model() -> None:
+    leaves = [merkle.leaf_hash(i.to_bytes(2, "big")) for i in range(67)]
+    nodes: dict[merkle.Coord, bytes] = {}
+    frontier = merkle.Frontier()
+    completed: list[tuple[int, int, bytes]] = []
+    for leaf in leaves:
+        frontier.append(leaf, completed)
+        assert frontier.root() == _mth(leaves[: frontier.size])
+    nodes.update({(level, idx): h for level, idx, h in completed})
+
+    def lookup(coords: set[merkle.Coord]) -> dict[merkle.Coord, bytes]:
+        return {c: nodes[c] for c in coords}
+
+    for size in range(1, 68):
+        root = _mth(leaves[:size])
+        for index in range(size):
+            path = merkle.prove_inclusion(index, size, lookup)
+            assert merkle.verify_inclusion(index, size, leaves[index], path, root)
+            assert not merkle.verify_inclusion(index, size, merkle.leaf_hash(b"forged"), path, root)
+            if size > 1:
+                assert not merkle.verify_inclusion((index + 1) % size, size, leaves[index], path, root)
+        for old in range(1, size + 1):
+            proof = merkle.prove_consistency(old, size, lookup)
+            assert merkle.verify_consistency(old, size, _mth(leaves[:old]), root, proof)
+            if old < size:
+                assert not merkle.verify_consistency(old, size, merkle.leaf_hash(b"x"), root, proof)
+
+
+def test_signed_note_interoperates_with_the_go_reference() -> None:
+    # golang.org/x/mod/sumdb/note's example, signed by its published key.
+    verifier = Verifier.parse("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
+    text = (
+        "If you think cryptography is the answer to your problem,\n"
+        "then you don't know what your problem is.\n"
+    )
+    sig = "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="
+    note = f"{text}\n— PeterNeumann {sig}\n"
+    assert verifier.verify(note) == text
+    with pytest.raises(NoteError, match="not valid"):
+        verifier.verify(note.replace("cryptography", "cryptographY"))
+    with pytest.raises(NoteError, match="does not match"):
+        Verifier.parse("PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
+
+
+def test_checkpoint_round_trip_and_another_key_refused() -> None:
+    signer, other = Signer.generate("auditlog"), Signer.generate("auditlog")
+    cp = Checkpoint("auditlog/local", 42, hashlib.sha256(b"r").digest(), 1_796_000_000_123, prev=b"\x01" * 32)
+    note = signer.sign(cp.text())
+    assert open_checkpoint(note, [signer.verifier]) == cp
+    assert Verifier.parse(str(signer.verifier)) == signer.verifier
+    with pytest.raises(NoteError, match="no signature"):
+        open_checkpoint(note, [other.verifier])
+    assert open_checkpoint(note, [other.verifier, signer.verifier]) == cp
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
+def _events(n: int, *, start: int = 0, occurred: str = "2026-09-01T10:00:{s:02d}Z") -> list[dict[str, Any]]:
+    return [
+        {
+            "schema_version": 1,
+            "event_id": str(uuid.UUID(int=10_000 + i)),
+            "occurred_at": occurred.format(s=i % 60),
+            "infrastructure": "acme",
+            "actor": {"id": "u-priya", "name": "Priya “Ops” Raman"},
+            "action": "application.deploy",
+            "target": {"kind": "application", "id": f"app-{i % 3}", "name": "Billing Portal ✓"},
+            "related": [] if i % 2 else [{"kind": "environment", "id": "env-prod"}],
+            "details": {"n": i, "big": 2**53 - 1, "f": 0.1, "text": 'line\nbreak \\ "quoted" 日本'},
+            "changes": [{"field": "version", "old": f"1.{i}", "new": f"1.{i + 1}"}] if i % 3 else [],
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def _ingest(store: Store, events: list[dict[str, Any]]) -> None:
+    directory = load_directory(GOLDEN / "directory.yaml")
+    served = Directories([directory.model_copy(update={"infrastructure": "acme"})])
+    report = BatchIngestor(store, lambda: served, source="api").ingest(
+        events, received_at_ms=1_796_000_000_000
+    )
+    assert report.stored == len(events) and not report.rejected
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer.generate("auditlog")
+
+
+def _checkpointer(store: Store, signer: Signer, anchor: Path | None = None) -> Checkpointer:
+    return Checkpointer(store.tree, signer, origin="auditlog", anchor_dir=anchor)
+
+
+def _verify(store: Store, signer: Signer, anchor: Path | None = None, **kw: Any) -> LogReport:
+    return verify_log(
+        store.tree, "local", verifiers=[signer.verifier], origin="auditlog", anchor_dir=anchor, **kw
+    )
+
+
+def _kinds(report: LogReport) -> list[tuple[str, int | None, str | None]]:
+    return [(f.kind, f.index, f.event_id) for f in report.findings]
+
+
+def _signed_store(
+    store: Store, signer: Signer, n: int = 40, anchor: Path | None = None
+) -> list[dict[str, Any]]:
+    _ingest(store, _events(n))
+    _checkpointer(store, signer, anchor).run()
+    rows = store.engine.query(
+        f"SELECT toString(event_id) AS id, leaf_index AS i FROM {store.database}.audit_events "
+        "ORDER BY leaf_index"
+    )
+    assert [int(r["i"]) for r in rows] == list(range(n))
+    return rows
+
+
+def _sql(store: Store, statement: str, **params: Any) -> None:
+    store.engine.command(
+        statement.replace("{db}", store.database) + " SETTINGS mutations_sync = 2", params=params
+    )
+
+
+def test_sql_leaf_hash_is_the_python_one(store: Store) -> None:
+    _ingest(store, _events(30))
+    db = store.database
+    rows = store.engine.query(
+        f"SELECT *, toString(content_hash) AS ch, toUnixTimestamp64Milli(occurred_at) AS o, "
+        f"toUnixTimestamp64Milli(received_at) AS r FROM {db}.audit_events ORDER BY leaf_index"
+    )
+    leaves = dict(store.tree.leaves("local"))
+    assert len(rows) == len(leaves) == 30
+    for row in rows:
+        values = {**row, "occurred_at": row["o"], "received_at": row["r"], "content_hash": int(row["ch"])}
+        assert event_leaf_hash("local", int(row["leaf_index"]), values) == leaves[int(row["leaf_index"])]
+
+
+def test_positions_are_contiguous_once_per_event_and_the_tree_verifies(store: Store, signer: Signer) -> None:
+    _signed_store(store, signer, 25)
+    _ingest(store, _events(10, start=25))
+    # A replay stores nothing and adds no leaf; the next checkpoint chains to the first.
+    served = Directories(
+        [load_directory(GOLDEN / "directory.yaml").model_copy(update={"infrastructure": "acme"})]
+    )
+    again = BatchIngestor(store, lambda: served, source="api")
+    assert again.ingest(_events(5), received_at_ms=1_796_000_000_000).duplicates == 5
+    made = _checkpointer(store, signer).run()
+    assert [m.checkpoint.size for m in made] == [35]
+    first, second = store.tree.checkpoints("local")
+    assert open_checkpoint(second.note, [signer.verifier]).prev == note_hash(first.note)
+    report = _verify(store, signer)
+    assert report.findings == [] and report.leaves == 35 and report.checkpoints == 2
+    assert _checkpointer(store, signer).run() == []  # nothing new, nothing signed
+
+
+def test_an_altered_row_is_named(store: Store, signer: Signer) -> None:
+    rows = _signed_store(store, signer)
+    _sql(store, "ALTER TABLE {db}.audit_events UPDATE actor_id = 'mallory' WHERE leaf_index = 17")
+    assert _kinds(_verify(store, signer)) == [("altered", 17, rows[17]["id"])]
+
+
+def test_inserted_rows_are_named(store: Store, signer: Signer) -> None:
+    rows = _signed_store(store, signer)
+    db = store.database
+    forged = [str(uuid.uuid4()), str(uuid.uuid4())]
+    # One forged into a signed position (the view gives it a leaf there too), one into no log.
+    for event_id, log in zip(forged, ("local", ""), strict=True):
+        store.engine.command(
+            f"INSERT INTO {db}.audit_events SELECT * REPLACE (toUUID({{id:String}}) AS event_id, "
+            f"{{log:String}} AS log) FROM {db}.audit_events WHERE leaf_index = 5 LIMIT 1",
+            params={"id": event_id, "log": log},
+        )
+    report = _verify(store, signer)
+    doubled = [f for f in report.findings if f.kind == "doubled"]
+    assert [f.index for f in doubled] == [5, 5]  # the row and the leaf
+    assert all(forged[0] in f.detail and rows[5]["id"] in f.detail for f in doubled)
+    assert {f.kind for f in report.findings} <= {"doubled", "root"}
+    [outside] = [
+        r
+        for r in verify_store(store.tree, verifiers=[signer.verifier], origin="auditlog", anchor_dir=None)
+        if not r.log
+    ]
+    assert _kinds(outside) == [("inserted", None, forged[1])]
+
+
+def test_a_deleted_row_is_named(store: Store, signer: Signer) -> None:
+    rows = _signed_store(store, signer)
+    _sql(store, "ALTER TABLE {db}.audit_events DELETE WHERE leaf_index = 3")
+    assert _kinds(_verify(store, signer)) == [("deleted", 3, rows[3]["id"])]
+    # The same row expired by retention: reported as expired, not as tampering.
+    report = _verify(store, signer, expired_before_ms=1_900_000_000_000)
+    assert report.findings == [] and report.expired == 1
+
+
+def test_reordered_rows_are_named(store: Store, signer: Signer) -> None:
+    rows = _signed_store(store, signer)
+    _sql(
+        store,
+        "ALTER TABLE {db}.audit_events UPDATE leaf_index = multiIf(leaf_index = 8, 9, leaf_index = 9, 8, "
+        "leaf_index) WHERE leaf_index IN (8, 9)",
+    )
+    assert _kinds(_verify(store, signer)) == [
+        ("reordered", 8, rows[9]["id"]),
+        ("reordered", 9, rows[8]["id"]),
+    ]
+
+
+def test_a_truncation_names_the_missing_newest_positions(store: Store, signer: Signer) -> None:
+    _signed_store(store, signer)
+    _sql(store, "ALTER TABLE {db}.audit_events DELETE WHERE leaf_index >= 33")
+    _sql(store, "ALTER TABLE {db}.merkle_nodes DELETE WHERE idx >= 33 AND level = 0")
+    report = _verify(store, signer)
+    assert [(f.kind, f.index) for f in report.findings] == [("truncated", 33)]
+    assert "positions 33 to 39 (7 events) are missing" in report.findings[0].detail
+
+
+def test_a_row_and_its_leaf_altered_together_are_localized_by_the_signed_root(
+    store: Store, signer: Signer
+) -> None:
+    _signed_store(store, signer)
+    db = store.database
+    _sql(store, "ALTER TABLE {db}.audit_events UPDATE outcome = 'failure' WHERE leaf_index = 22")
+    # The forger recomputes the leaf too, so that row and leaf agree again.
+    _sql(
+        store,
+        "ALTER TABLE {db}.merkle_nodes UPDATE hash = (SELECT any(h) FROM (SELECT "
+        + leaf_hash_sql()
+        + f" AS h FROM {db}.audit_events WHERE leaf_index = 22)) WHERE level = 0 AND idx = 22",
+    )
+    report = _verify(store, signer)
+    assert [(f.kind, f.index) for f in report.findings] == [("root", 22)]
+    assert "22 or 23" in report.findings[0].detail
+
+
+def test_a_checkpoint_signed_by_another_key_and_one_removed_from_the_store(
+    store: Store, signer: Signer, tmp_path: Path
+) -> None:
+    _signed_store(store, signer, anchor=tmp_path)
+    _ingest(store, _events(5, start=40))
+    _checkpointer(store, signer, tmp_path).run()
+    forger = Signer.generate("auditlog")
+    cp = store.tree.latest_checkpoint("local")
+    assert cp is not None
+    store.tree.save_checkpoint(
+        cp.__class__(
+            **{**cp.__dict__, "note": forger.sign(Checkpoint.parse(cp.note.split("\n\n")[0] + "\n").text())}
+        )
+    )
+    # The first checkpoint removed from the store: its anchor file still tells.
+    _sql(store, "ALTER TABLE {db}.checkpoints DELETE WHERE tree_size = 40")
+    details = [f.detail for f in _verify(store, signer, anchor=tmp_path).findings]
+    assert any("no signature of auditlog" in d for d in details), details
+    assert any("size 40" in d and "missing from the store" in d for d in details), details
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    # A process of its own: chDB opens one store folder per process, and this one holds the tests'.
+    return subprocess.run(
+        [sys.executable, "-m", "auditlog.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_cli_checkpoint_and_verify_on_a_store_folder(tmp_path: Path) -> None:
+    folder, anchor, events = tmp_path / "data", tmp_path / "tlog", tmp_path / "events.ndjson"
+    events.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in _events(12)))
+    where = ["--store", str(folder)]
+    at = [*where, "--checkpoint-dir", str(anchor)]
+    directory = _cli("directory", "load", *where, "--infrastructure", "acme", str(GOLDEN / "directory.yaml"))
+    assert directory.returncode == 0, directory.stderr
+    assert _cli("ingest", *where, str(events)).returncode == 0
+    run = _cli("checkpoint", *at)
+    assert run.returncode == 0, run.stderr
+    made = orjson.loads(run.stdout.splitlines()[0])
+    assert made["size"] == 12 and (anchor / "logs" / "local" / "checkpoint").read_text() == made["note"]
+    run = _cli("verify", *at)
+    assert run.returncode == 0, run.stderr
+    assert orjson.loads(run.stdout.splitlines()[0])["leaves"] == 12 and "OK: 1 logs" in run.stderr
+    # Another key given as the trusted one: the checkpoints no longer verify.
+    other = str(Signer.generate("auditlog").verifier)
+    run = _cli("verify", *at, "--public-key", other)
+    assert run.returncode == 1 and "no signature of auditlog" in run.stderr
+    # A rotation keeps the old verifier key published: old checkpoints still verify.
+    assert _cli("signing-key", "rotate", *at).returncode == 0
+    assert _cli("checkpoint", *at).returncode == 0
+    run = _cli("verify", *at)
+    assert run.returncode == 0, run.stderr
+    assert len((anchor / "verifier-keys.txt").read_text().splitlines()) == 2
+    # A row altered behind the log's back: named, exit 1.
+    store = _cli("verify", *at, "--log", "local")
+    assert store.returncode == 0
