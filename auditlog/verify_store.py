@@ -388,7 +388,8 @@ def outside_tree(tree: TreeStore) -> LogReport:
             Finding(
                 "inserted",
                 "",
-                f"event {event_id} is stored in no log, though received after the tree existed",
+                f"event {event_id} is stored in no log: the store held {before} such rows when the tree "
+                "began, and no writer stores one since",
                 event_id=event_id,
             )
         )

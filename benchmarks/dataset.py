@@ -207,13 +207,27 @@ def build(scale: Scale, store_path: Path, meta_path: Path) -> dict[str, Any]:
         else:
             exprs.append(col)
     t1 = time.perf_counter()
+    # Each copy extends its log's tree: positions after the log's last, numbered by the insert,
+    # so that every log stays contiguous (a leaf per row, as the writer would have made them).
+    logs = [r["log"] for r in store.engine.query(f"SELECT DISTINCT log FROM {DATABASE}.audit_events")]
+    copy_exprs = ["{size:UInt64} + rowNumberInAllBlocks()" if e == "leaf_index" else e for e in exprs]
     for k in range(1, scale.copies):
-        store.engine.command(
-            f"INSERT INTO {DATABASE}.audit_events ({', '.join(COLUMN_NAMES)}) "
-            f"SELECT {', '.join(exprs)} FROM {DATABASE}.audit_events "
-            "WHERE occurred_at >= toDateTime64({base_start:String}, 3, 'UTC')",
-            params={"shift": k * scale.days_per_copy, "base_start": base_start.strftime("%Y-%m-%d %H:%M:%S")},
-        )
+        for log_name in sorted(logs):
+            size = store.engine.query(
+                f"SELECT count() AS n FROM {DATABASE}.audit_events WHERE log = {{log:String}}",
+                params={"log": log_name},
+            )[0]["n"]
+            store.engine.command(
+                f"INSERT INTO {DATABASE}.audit_events ({', '.join(COLUMN_NAMES)}) "
+                f"SELECT {', '.join(copy_exprs)} FROM {DATABASE}.audit_events "
+                "WHERE occurred_at >= toDateTime64({base_start:String}, 3, 'UTC') AND log = {log:String}",
+                params={
+                    "shift": k * scale.days_per_copy,
+                    "base_start": base_start.strftime("%Y-%m-%d %H:%M:%S"),
+                    "size": int(size),
+                    "log": log_name,
+                },
+            )
         print(f"copy {k}/{scale.copies - 1} inserted", file=sys.stderr, flush=True)
     timings["replicate_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()

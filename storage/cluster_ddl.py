@@ -71,6 +71,7 @@ PLACEMENT: Final[dict[str, str | None]] = {
     # checkpoints are small (one node per leaf at most, a checkpoint a minute).
     "merkle_nodes": _EVENT_KEY,
     "checkpoints": None,
+    "tree_epoch": None,
     "directory_entities": None,
     "api_keys": None,
     "schema_migrations": None,

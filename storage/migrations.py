@@ -130,6 +130,16 @@ _MERKLE_LEAVES_VIEW = (
     f"SELECT log, toUInt8(0) AS level, leaf_index AS idx, {leaf_hash_sql()} AS hash, event_id, occurred_at\n"
     "FROM {db}.audit_events\nWHERE log != ''\n"
 )
+# When the tree began and how many rows were stored before it, in no log: `auditlog verify`
+# tells those from a row put in no log since (inserted). Empty on a store made with the tree.
+_TREE_EPOCH = """
+CREATE TABLE IF NOT EXISTS {db}.tree_epoch (
+    began_at DateTime64(3, 'UTC'),
+    rows_before UInt64
+)
+ENGINE = MergeTree
+ORDER BY began_at
+"""
 # Signed checkpoints (producers.contract.tlog.checkpoint), the whole note as signed.
 _CHECKPOINTS = """
 CREATE TABLE IF NOT EXISTS {db}.checkpoints (
@@ -369,13 +379,16 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
             "ADD COLUMN IF NOT EXISTS leaf_index UInt64",
             "DROP VIEW IF EXISTS {db}.event_keys_mv",
             _EVENT_KEYS_VIEW,
+            _TREE_EPOCH,
+            "INSERT INTO {db}.tree_epoch SELECT now64(3), count() FROM {db}.audit_events "
+            "WHERE log = '' AND (SELECT count() FROM {db}.tree_epoch) = 0",
         ),
         upgrade_only=True,
     ),
     Migration(
         10,
         "merkle_tree",
-        (_MERKLE_NODES, _MERKLE_LEAVES_VIEW, _CHECKPOINTS),
+        (_MERKLE_NODES, _MERKLE_LEAVES_VIEW, _CHECKPOINTS, _TREE_EPOCH),
     ),
 )
 

@@ -222,21 +222,22 @@ class TreeStore:
         return out
 
     def rows_outside_tree(self, *, limit: int = 1000) -> tuple[int, list[str]]:
-        """Rows in no log: how many were stored before the tree existed (migration 9), and the
-        ids of those received since, which no writer of this version makes: inserted."""
-
-        # When the tree came: migration 9's time, or the epoch for a store made with it (its
-        # migrations 1 and 9 a few seconds apart), where no row can predate the tree.
-        def at(version: int) -> str:
-            return f"(SELECT min(applied_at) FROM {self._db}.schema_migrations WHERE version = {version})"
-
-        since = f"(SELECT if(dateDiff('second', {at(1)}, {at(9)}) < 60, toDateTime64(0, 3, 'UTC'), {at(9)}))"
-        old = self._engine.query(
-            f"SELECT count() AS n FROM {self._db}.audit_events WHERE log = '' AND received_at < {since}"
+        """Rows in no log: how many the store held before the tree existed (migration 9), and,
+        when there are more now, the ids of those received since it began: inserted, as no
+        writer of this version stores a row outside the tree."""
+        epoch = self._engine.query(
+            f"SELECT min(began_at) AS at, sum(rows_before) AS before, count() AS n FROM {self._db}.tree_epoch"
+        )[0]
+        before = int(epoch["before"]) if int(epoch["n"]) else 0
+        outside = int(
+            self._engine.query(f"SELECT count() AS n FROM {self._db}.audit_events WHERE log = ''")[0]["n"]
         )
+        if outside <= before:
+            return outside, []
+        # Those received since the tree began first, then the newest: a forger picks the time.
         new = self._engine.query(
             f"SELECT toString(event_id) AS id FROM {self._db}.audit_events WHERE log = '' "
-            f"AND received_at >= {since} ORDER BY received_at LIMIT {{limit:UInt32}}",
-            params={"limit": limit},
+            "ORDER BY received_at >= {at:DateTime64(3, 'UTC')} DESC, received_at DESC LIMIT {limit:UInt32}",
+            params={"limit": min(limit, outside - before), "at": epoch["at"] if int(epoch["n"]) else 0},
         )
-        return int(old[0]["n"]), [r["id"] for r in new]
+        return before, [r["id"] for r in new]

@@ -123,6 +123,7 @@ class WorkerRuntime:
         self.directory.start()
         self.producer = Producer(producer_config(settings.connection()))
         self.counters = Counters()
+        self.checkpoints: CheckpointStep | None = None
         self.metrics = WorkerMetrics()
         self.metrics.directory_age.set_function(self.directory.age_s)
         self.heartbeat = Heartbeat(stale_after_s=max(60.0, 3 * settings.session_timeout_s))
@@ -169,7 +170,12 @@ class WorkerRuntime:
         checkpointer = Checkpointer.from_settings(
             self.store.tree, cp, publish=kafka_publisher(delivery, topic=cp.topic)
         )
-        return lambda commit: CheckpointStep(checkpointer, commit, interval_s=cp.interval_s)
+
+        def step(commit: Step) -> Step:
+            self.checkpoints = CheckpointStep(checkpointer, commit, interval_s=cp.interval_s)
+            return self.checkpoints
+
+        return step
 
     def liveness(self) -> str | None:
         """Why this worker should be restarted (its loop stopped, or a batch hangs in a call
@@ -349,6 +355,13 @@ def build_app(runtime: WorkerRuntime) -> Any:
         runtime.heartbeat.beat()
 
     app.timer(5.0)(beat)
+
+    async def sign() -> None:
+        # The checkpoint step runs after each batch; this signs the tail of a quiet spell.
+        if runtime.checkpoints is not None:
+            await asyncio.to_thread(runtime.checkpoints.tick)
+
+    app.timer(min(5.0, s.checkpoints.interval_s))(sign)
     runtime.app = app
     return app
 

@@ -22,6 +22,7 @@ from storage.migrations import MIGRATIONS, migrate
 from storage.reader import EventFilter, View
 from storage.record import COLUMNS, KEY_COLUMNS
 from storage.store import Store, hash_key
+from storage.tree import TreeStore
 from stream.messages import Lineage
 from stream.transform import process
 from tests.grants import only
@@ -140,6 +141,8 @@ def test_migrations_5_to_8_rescope_old_rows_and_move_directory_and_keys(chdb_eng
     )
 
     assert migrate(chdb_engine, db) == [5, 6, 7, 8, 9, 10]
+    # Its rows predate the tree: counted as such, never reported as inserted.
+    assert TreeStore(chdb_engine, database=db).rows_outside_tree() == (3, [])
     store = Store(chdb_engine, database=db)
 
     tokens = {

@@ -364,3 +364,27 @@ def test_cli_checkpoint_and_verify_on_a_store_folder(tmp_path: Path) -> None:
     # A row altered behind the log's back: named, exit 1.
     store = _cli("verify", *at, "--log", "local")
     assert store.returncode == 0
+
+
+def test_the_checkpoint_step_signs_the_logs_a_batch_wrote_once_a_minute(store: Store, signer: Signer) -> None:
+    from stream.messages import Batch
+    from stream.steps import Done
+    from stream.steps.checkpoint import CheckpointStep
+
+    now = [0.0]
+    step = CheckpointStep(_checkpointer(store, signer), Done(), interval_s=60, clock=lambda: now[0])
+    _ingest(store, _events(6))
+    batch = Batch(rows=[{"log": "local"}])
+    step.submit(batch)
+    assert store.tree.checkpoints("local") == []  # not due yet
+    now[0] = 61.0
+    step.tick()  # the edge's timer: a quiet spell's tail is signed too
+    [cp] = store.tree.checkpoints("local")
+    assert cp.size == 6
+    _ingest(store, _events(3, start=6))
+    now[0] = 62.0
+    step.submit(batch)
+    assert len(store.tree.checkpoints("local")) == 1  # a minute has not passed since
+    now[0] = 130.0
+    step.submit(batch)
+    assert [c.size for c in store.tree.checkpoints("local")] == [6, 9]

@@ -31,9 +31,11 @@ import yaml
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from producers.contract.directory import Directory, DirectorySnapshot
+from producers.contract.tlog.checkpoint import open_checkpoint
 from producers.envelope import ENVELOPE_CONTENT_TYPE, encode_envelope
 from producers.publisher import ProducerSettings, Publisher
 from stream.settings import WorkerSettings
+from stream.signing_key import published_verifiers
 from stream.topics import ensure_topics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -496,12 +498,14 @@ def test_published_events_reach_the_api_scoped_by_the_directory_topic(
         pub.publish_many(events)
         assert pub.flush(60).ok
 
+    checkpoint_topic = f"{kafka_topic_prefix}.checkpoints"
     worker = Worker(
         bootstrap=kafka_bootstrap,
         topics=topics,
         store=store,
         group=f"{kafka_topic_prefix}-g",
         workdir=workdir,
+        env={"AUDITLOG_CHECKPOINT_INTERVAL_S": "1", "AUDITLOG_CHECKPOINT_TOPIC": checkpoint_topic},
     )
     workers.append(worker)
     worker.wait_api()
@@ -556,6 +560,32 @@ def test_published_events_reach_the_api_scoped_by_the_directory_topic(
     sample = bodies[0]
     assert m_key(out[0]) == f"{INFRA}/{sample['target']['kind']}/{sample['target']['id']}"
     assert headers_of(out[0])["x-event-id"].decode() == sample["event_id"]
+    # Each event names its leaf: its partition's log and its index there, one per event.
+    positions = {(b["position"]["log"], b["position"]["index"]) for b in bodies}
+    assert len(positions) == total and {log for log, _ in positions} <= {
+        f"{topics.raw}/{p}" for p in range(3)
+    }
+    assert headers_of(out[0])["x-log"].decode() == sample["position"]["log"]
+
+    # Checkpoints signed within the interval, on their topic, verify with the published key,
+    # and a proof of an event leads to one of them.
+    verifiers = published_verifiers(Path(os.environ["AUDITLOG_CHECKPOINT_DIR"]))
+    signed: dict[str, int] = {}
+
+    def all_signed() -> bool:
+        for m in read_topic(kafka_bootstrap, checkpoint_topic, at_least=1, timeout=30):
+            cp = open_checkpoint(orjson.loads(value_of(m))["note"], verifiers)
+            log_name = cp.origin.split("/", 1)[1]
+            signed[log_name] = max(signed.get(log_name, 0), cp.size)
+        return sum(signed.values()) == total
+
+    wait_for("checkpoints of every event", all_signed, timeout=60)
+    proof = admin.get(f"/v1/events/{sample['event_id']}/proof")
+    assert proof.status_code == 200, proof.text
+    assert (
+        proof.json()["log"] == sample["position"]["log"]
+        and proof.json()["index"] == sample["position"]["index"]
+    )
 
     # The HTTP ingest endpoint publishes to audit.raw; the worker stores what it accepted.
     posted = [make_event(("application", "app-b"), 10_000 + i) for i in range(5)]

@@ -260,6 +260,13 @@ CREATE TABLE IF NOT EXISTS auditlog.checkpoints ON CLUSTER audit (
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{database}/{table}', '{replica}')
 ORDER BY (log, tree_size, created_at);
 
+CREATE TABLE IF NOT EXISTS auditlog.tree_epoch ON CLUSTER audit (
+    began_at DateTime64(3, 'UTC'),
+    rows_before UInt64
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{database}/{table}', '{replica}')
+ORDER BY began_at;
+
 INSERT INTO auditlog.schema_migrations (version, name)
 SELECT version, name FROM values('version UInt32, name String', (1, 'audit_events'), (2, 'dead_letters'), (3, 'directory_and_keys'), (4, 'narrow_entity_index'), (5, 'scope_resolved_at_read'), (6, 'ingest_key_id'), (7, 'event_keys'), (8, 'dead_letter_attribution'), (9, 'tree_positions'), (10, 'merkle_tree'))
 WHERE version NOT IN (SELECT version FROM auditlog.schema_migrations);

@@ -11,6 +11,7 @@ next batch, covering everything since.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -39,15 +40,22 @@ class CheckpointStep:
         self._clock = clock
         self._pending: set[str] = set()
         self._last = clock()
+        self._lock = threading.Lock()
 
     def submit(self, batch: Batch) -> None:
-        self._pending.update(row["log"] for row in batch.rows if row.get("log"))
-        if self._pending and self._clock() - self._last >= self._interval:
-            self.flush()
+        with self._lock:
+            self._pending.update(row["log"] for row in batch.rows if row.get("log"))
+        self.tick()
         self._next.submit(batch)
 
-    def flush(self) -> None:
-        """Checkpoint every log written since the last checkpoint, now."""
+    def tick(self) -> None:
+        """Checkpoint the logs written since the last checkpoint if one is due: after each batch,
+        and from the edge's timer, so that the last events before a quiet spell are signed too."""
+        with self._lock:
+            if self._pending and self._clock() - self._last >= self._interval:
+                self._flush()
+
+    def _flush(self) -> None:
         try:
             self._checkpointer.run(self._pending)
         except Exception:
