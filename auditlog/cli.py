@@ -231,11 +231,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest an NDJSON file into the embedded store through the pipeline steps."""
     from storage.writer import DeadLetter
     from stream.batch_ingest import BatchIngestor
+    from stream.checkpointer import start_checkpoints
     from stream.messages import ms_to_ch_time
 
     store = _open_store(args)
     directory = store.directory.load()
     ingestor = BatchIngestor(store, lambda: directory, source="file")
+    # Signed every minute of a long file, and once more at its end.
+    ticker = start_checkpoints(store, _store_settings(args))
     batch: list[object] = []
     lines: list[int] = []
     totals = {"received": 0, "stored": 0, "duplicates": 0, "rejected": 0}
@@ -273,6 +276,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 flush()
     if batch:
         flush()
+    if ticker is not None:
+        ticker.stop()
     print(file=sys.stderr)
     print(orjson.dumps(totals).decode())
     return 0 if totals["rejected"] == 0 else 1
@@ -281,8 +286,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from auditlog.embedded import build_embedded, start_checkpoints
+    from auditlog.embedded import build_embedded
     from query_api.settings import ApiSettings
+    from stream.checkpointer import start_checkpoints
 
     settings = ApiSettings()
     updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}

@@ -430,7 +430,8 @@ def _serve(store: Store, settings: ApiSettings, err: TextIO, args: argparse.Name
     import uvicorn
 
     from auditlog.cli import _store_settings
-    from auditlog.embedded import build_embedded, start_checkpoints
+    from auditlog.embedded import build_embedded
+    from stream.checkpointer import start_checkpoints
 
     embedded = build_embedded(store, api_settings=settings)
     ticker = start_checkpoints(store, _store_settings(args))

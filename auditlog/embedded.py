@@ -13,9 +13,8 @@ from query_api.deps import DirectoryPublisher, DirectorySource, Ingestor, KeyCac
 from query_api.read_audit import ReadAuditor
 from query_api.sessions import SessionStore
 from query_api.settings import ApiSettings
-from storage.store import Store, StoreSettings
+from storage.store import Store
 from stream.batch_ingest import BatchIngestor
-from stream.checkpointer import Checkpointer, CheckpointSettings, Ticker
 
 
 @dataclass
@@ -60,16 +59,3 @@ def build_embedded(
         auditor=auditor,
     )
     return Embedded(store=store, services=services, app=create_app(services))
-
-
-def start_checkpoints(store: Store, store_settings: StoreSettings) -> Ticker | None:
-    """Sign the store's logs now and then every interval, in this process (chDB: the only one
-    that can), until the returned ticker is stopped; a last checkpoint is made at the stop."""
-    settings = CheckpointSettings().beside(store_settings)
-    if not settings.enabled:
-        return None
-    checkpointer = Checkpointer.from_settings(store.tree, settings)
-    checkpointer.run()
-    ticker = Ticker(checkpointer, interval_s=settings.interval_s)
-    ticker.start()
-    return ticker

@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from producers.contract.tlog.checkpoint import Checkpoint, note_hash
 from producers.contract.tlog.merkle import Frontier
 from producers.contract.tlog.note import Signer
-from storage.store import StoreSettings
+from storage.store import Store, StoreSettings
 from storage.tree import StoredCheckpoint, TreeStore
 from stream import signing_key
 
@@ -233,3 +233,16 @@ class Ticker:
             self._checkpointer.run()
         except Exception:
             log.exception("the last checkpoint run failed")
+
+
+def start_checkpoints(store: Store, store_settings: StoreSettings) -> Ticker | None:
+    """Sign the store's logs now and then every interval, in this process (chDB: the only one
+    that can), until the returned ticker is stopped; a last checkpoint is made at the stop."""
+    settings = CheckpointSettings().beside(store_settings)
+    if not settings.enabled:
+        return None
+    checkpointer = Checkpointer.from_settings(store.tree, settings)
+    checkpointer.run()
+    ticker = Ticker(checkpointer, interval_s=settings.interval_s)
+    ticker.start()
+    return ticker

@@ -8,6 +8,7 @@ SQL leaf hash against the Python one; each kind of tampering against `verify`.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import uuid
@@ -23,6 +24,7 @@ from producers.contract.tlog import merkle
 from producers.contract.tlog.checkpoint import Checkpoint, note_hash, open_checkpoint
 from producers.contract.tlog.leaf import event_leaf_hash
 from producers.contract.tlog.note import NoteError, Signer, Verifier
+from storage.engine import Engine
 from storage.leaf_sql import leaf_hash_sql
 from storage.store import Store
 from stream.batch_ingest import BatchIngestor
@@ -325,14 +327,16 @@ def test_a_checkpoint_signed_by_another_key_and_one_removed_from_the_store(
     assert any("size 40" in d and "missing from the store" in d for d in details), details
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, anchor: Path | None = None) -> subprocess.CompletedProcess[str]:
     # A process of its own: chDB opens one store folder per process, and this one holds the tests'.
+    env = {**os.environ, **({"AUDITLOG_CHECKPOINT_DIR": str(anchor)} if anchor else {})}
     return subprocess.run(
         [sys.executable, "-m", "auditlog.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+        env=env,
     )
 
 
@@ -343,7 +347,8 @@ def test_cli_checkpoint_and_verify_on_a_store_folder(tmp_path: Path) -> None:
     at = [*where, "--checkpoint-dir", str(anchor)]
     directory = _cli("directory", "load", *where, "--infrastructure", "acme", str(GOLDEN / "directory.yaml"))
     assert directory.returncode == 0, directory.stderr
-    assert _cli("ingest", *where, str(events)).returncode == 0
+    # A file ingest signs its logs when it ends, with the key of the checkpoint directory.
+    assert _cli("ingest", *where, str(events), anchor=anchor).returncode == 0
     run = _cli("checkpoint", *at)
     assert run.returncode == 0, run.stderr
     made = orjson.loads(run.stdout.splitlines()[0])
@@ -388,3 +393,14 @@ def test_the_checkpoint_step_signs_the_logs_a_batch_wrote_once_a_minute(store: S
     now[0] = 130.0
     step.submit(batch)
     assert [c.size for c in store.tree.checkpoints("local")] == [6, 9]
+
+
+def test_a_replay_into_an_empty_store_gives_the_same_tree(chdb_engine: Engine, signer: Signer) -> None:
+    roots = []
+    for _ in range(2):
+        store = Store(chdb_engine, database="t_" + uuid.uuid4().hex[:12])
+        _ingest(store, _events(23))
+        _ingest(store, _events(9, start=23))
+        [made] = _checkpointer(store, signer).run()
+        roots.append((made.checkpoint.size, made.checkpoint.root))
+    assert roots[0] == roots[1] and roots[0][0] == 32
