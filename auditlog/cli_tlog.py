@@ -40,6 +40,12 @@ def _verifiers(args: argparse.Namespace, settings: CheckpointSettings) -> list[V
         raise TlogError(str(exc)) from None
     if not verifiers:
         verifiers = signing_key.published_verifiers(settings.anchor_dir)
+        if verifiers:
+            print(
+                f"note: trusting the verifier keys published in {settings.anchor_dir}; for a check that does "
+                "not trust this machine, pin them with --public-key or --public-key-file",
+                file=sys.stderr,
+            )
     if not verifiers:
         raise TlogError(
             "no verifier key: give --public-key or --public-key-file "

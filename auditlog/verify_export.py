@@ -41,6 +41,10 @@ class ExportCheck:
         }
 
 
+def _canonical(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
 def _row_problem(event: dict[str, Any], roots: dict[tuple[str, int], bytes]) -> str | None:
     proof = event.get("proof")
     if not isinstance(proof, dict):

@@ -26,9 +26,10 @@ from itertools import pairwise
 from pathlib import Path
 
 from producers.contract.tlog.checkpoint import Checkpoint, note_hash, open_checkpoint
-from producers.contract.tlog.merkle import Frontier, node_hash
+from producers.contract.tlog.leaf import leaf_data_of
+from producers.contract.tlog.merkle import Frontier, leaf_hash, node_hash
 from producers.contract.tlog.note import NoteError, Verifier
-from storage.tree import TreeStore
+from storage.tree import RowCheck, TreeStore
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ def _checkpoints(
                 )
             )
         valid.append(_Signed(cp, note, in_store, in_anchor))
-    valid.sort(key=lambda s: (s.checkpoint.time_ms, s.checkpoint.size))
+    # Sizes only grow along a log's chain; times order two of one size (signers' clocks may differ).
+    valid.sort(key=lambda s: (s.checkpoint.size, s.checkpoint.time_ms))
     for before, after in pairwise(valid):
         if after.checkpoint.size < before.checkpoint.size:
             report.findings.append(
@@ -308,7 +310,7 @@ def _rows(
                     )
                 )
         if c.leaf_event_id is not None and c.leaf_event_id not in row_of:
-            if expired_before_ms is not None and (c.leaf_occurred_ms or 0) < expired_before_ms:
+            if expired_before_ms is not None and _expired(log, c, expired_before_ms):
                 report.expired += 1
                 continue
             report.findings.append(
@@ -320,6 +322,15 @@ def _rows(
                     event_id=c.leaf_event_id,
                 )
             )
+
+
+def _expired(log: str, c: RowCheck, horizon_ms: int) -> bool:
+    """The leaf's own record says its event is older than the horizon, and that record is the
+    one its hash covers (the tree check vouches for the hash): a row removed by retention."""
+    if c.leaf_occurred_ms is None or c.leaf_body is None or c.leaf_hash is None:
+        return False
+    data = leaf_data_of(log, c.index, c.leaf_occurred_ms, c.leaf_body.hex())
+    return c.leaf_occurred_ms < horizon_ms and leaf_hash(data) == c.leaf_hash
 
 
 def verify_log(
@@ -334,12 +345,11 @@ def verify_log(
     expired_before_ms: int | None = None,
 ) -> LogReport:
     report = LogReport(log)
+    # The anchor first: a checkpoint is written to the store before its file, so one made
+    # while this runs is in both or in the store only, never in the anchor alone.
+    anchored = anchor_notes(anchor_dir, log)
     signed = _checkpoints(
-        report,
-        [c.note for c in tree.checkpoints(log)],
-        anchor_notes(anchor_dir, log),
-        verifiers,
-        f"{origin}/{log}",
+        report, [c.note for c in tree.checkpoints(log)], anchored, verifiers, f"{origin}/{log}"
     )
     _tree(report, tree, signed)
     _rows(report, tree, since_ms=since_ms, until_ms=until_ms, expired_before_ms=expired_before_ms)

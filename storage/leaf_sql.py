@@ -37,14 +37,23 @@ def sealed_sql(prefix: str = "") -> str:
     return f"lower(hex(SHA256(concat({', '.join(_fields(SEALED_FIELDS, prefix))}))))"
 
 
-def leaf_hash_sql(prefix: str = "") -> str:
-    """SHA-256(0x00 || leaf data) of the row, as FixedString(32); `prefix` qualifies columns."""
-    sealed = sealed_sql(prefix)
+def body_sql(prefix: str = "") -> str:
+    """The leaf's body digest (`producers.contract.tlog.leaf.body_digest`), raw: FixedString(32)."""
+    return f"SHA256(concat({', '.join([*_fields(PUBLIC_FIELDS, prefix), _netstring(sealed_sql(prefix))])}))"
+
+
+def leaf_hash_of_sql(log: str, index: str, occurred_at: str, body: str) -> str:
+    """SHA-256(0x00 || leaf data) from a leaf's parts (columns or expressions; `body` raw)."""
     parts = [
         _netstring(f"'{VERSION}'"),
-        _netstring(f"toString({prefix}log)"),
-        _netstring(f"toString({prefix}leaf_index)"),
-        *_fields(PUBLIC_FIELDS, prefix),
-        _netstring(sealed),
+        _netstring(f"toString({log})"),
+        _netstring(f"toString({index})"),
+        _netstring(f"toString(toUnixTimestamp64Milli({occurred_at}))"),
+        _netstring(f"lower(hex({body}))"),
     ]
     return f"SHA256(concat(unhex('00'), {', '.join(parts)}))"
+
+
+def leaf_hash_sql(prefix: str = "") -> str:
+    """SHA-256(0x00 || leaf data) of the row, as FixedString(32); `prefix` qualifies columns."""
+    return leaf_hash_of_sql(f"{prefix}log", f"{prefix}leaf_index", f"{prefix}occurred_at", body_sql(prefix))

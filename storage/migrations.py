@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from storage.engine import Engine
-from storage.leaf_sql import leaf_hash_sql
+from storage.leaf_sql import body_sql, leaf_hash_of_sql
 from storage.record import COLUMNS, KEY_COLUMNS
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -119,16 +119,21 @@ CREATE TABLE IF NOT EXISTS {db}.merkle_nodes (
     idx UInt64,
     hash FixedString(32),
     event_id UUID,
-    occurred_at DateTime64(3, 'UTC')
+    occurred_at DateTime64(3, 'UTC'),
+    body FixedString(32)
 )
 ENGINE = MergeTree
 ORDER BY (log, level, idx)
 SETTINGS index_granularity = 8192
 """
+# A leaf keeps its event's time and body digest beside its hash (producers.contract.tlog.leaf):
+# once retention drops the row, the signed tree still proves when the event occurred.
 _MERKLE_LEAVES_VIEW = (
     "\nCREATE MATERIALIZED VIEW IF NOT EXISTS {db}.merkle_leaves_mv TO {db}.merkle_nodes AS\n"
-    f"SELECT log, toUInt8(0) AS level, leaf_index AS idx, {leaf_hash_sql()} AS hash, event_id, occurred_at\n"
-    "FROM {db}.audit_events\nWHERE log != ''\n"
+    "SELECT log, toUInt8(0) AS level, leaf_index AS idx, "
+    f"{leaf_hash_of_sql('log', 'leaf_index', 'occurred_at', 'body')} AS hash, event_id, occurred_at, body\n"
+    f"FROM (SELECT log, leaf_index, event_id, occurred_at, {body_sql()} AS body FROM {{db}}.audit_events "
+    "WHERE log != '')\n"
 )
 # When the tree began and how many rows were stored before it, in no log: `auditlog verify`
 # tells those from a row put in no log since (inserted). Empty on a store made with the tree.

@@ -18,7 +18,7 @@ from storage.leaf_sql import leaf_hash_sql
 from storage.migrations import check_identifier
 
 _LEAF = struct.Struct("<Q32s")
-_ROW_CHECK = struct.Struct("<B Q 16s 32s B Q 16s 32s q")
+_ROW_CHECK = struct.Struct("<B Q 16s 32s B Q 16s 32s q 32s")
 _EMPTY_UUID = b"\x00" * 16
 _NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
 LEAF_PAGE = 1_000_000
@@ -61,6 +61,8 @@ class RowCheck:
     leaf_event_id: str | None
     leaf_hash: bytes | None
     leaf_occurred_ms: int | None
+    leaf_body: bytes | None = None
+    """The leaf's own record of its event's time and body digest, which its hash covers."""
 
 
 class TreeStore:
@@ -198,17 +200,17 @@ class TreeStore:
             f"SELECT r.idx IS NOT NULL, ifNull(ifNull(r.idx, l.idx), 0), ifNull(r.event_id, {_NIL}), "
             "ifNull(r.h, toFixedString('', 32)), l.idx IS NOT NULL, ifNull(l.idx, 0), "
             f"ifNull(l.event_id, {_NIL}), ifNull(l.hash, toFixedString('', 32)), "
-            "ifNull(toUnixTimestamp64Milli(l.occurred_at), 0) FROM "
+            "ifNull(toUnixTimestamp64Milli(l.occurred_at), 0), ifNull(l.body, toFixedString('', 32)) FROM "
             f"(SELECT leaf_index AS idx, event_id, {leaf_hash_sql()} AS h FROM {self._db}.audit_events "
             f"WHERE log = {{log:String}}{time}) AS r "
-            f"FULL OUTER JOIN (SELECT idx, event_id, hash, occurred_at FROM {self._db}.merkle_nodes "
+            f"FULL OUTER JOIN (SELECT idx, event_id, hash, occurred_at, body FROM {self._db}.merkle_nodes "
             f"WHERE log = {{log:String}} AND level = 0{time}) AS l ON r.idx = l.idx "
             "WHERE r.idx IS NULL OR l.idx IS NULL OR r.h != l.hash OR r.event_id != l.event_id "
             "ORDER BY 2 SETTINGS join_use_nulls = 1",
             params=params,
         )
         out = []
-        for has_row, idx, rid, rh, has_leaf, _lidx, lid, lh, lms in _ROW_CHECK.iter_unpack(data):
+        for has_row, idx, rid, rh, has_leaf, _lidx, lid, lh, lms, body in _ROW_CHECK.iter_unpack(data):
             out.append(
                 RowCheck(
                     index=idx,
@@ -217,6 +219,7 @@ class TreeStore:
                     leaf_event_id=_uuid_text(lid) if has_leaf else None,
                     leaf_hash=lh if has_leaf else None,
                     leaf_occurred_ms=lms if has_leaf else None,
+                    leaf_body=body if has_leaf else None,
                 )
             )
         return out

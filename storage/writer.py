@@ -126,14 +126,23 @@ def log_of(row: Row) -> str:
     return f"{topic}/{row['kafka_partition']}" if topic else LOCAL_LOG
 
 
-_LOCKS: dict[tuple[int, str], tuple[threading.Lock, dict[str, int]]] = {}
-_LOCKS_GUARD = threading.Lock()
+@dataclass
+class _StoreState:
+    """Shared by the writers of one store in this process: the lock, the next leaf index of
+    each log, and the positions a crash left without a leaf, given out first."""
+
+    lock: threading.Lock
+    heads: dict[str, int]
+    free: dict[str, list[int]]
 
 
-def _store_state(engine: Engine, database: str) -> tuple[threading.Lock, dict[str, int]]:
-    """The store's lock and the next leaf index of each of its logs, shared by its writers."""
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault((id(engine), database), (threading.Lock(), {}))
+_STATES: dict[tuple[int, str], _StoreState] = {}
+_STATES_GUARD = threading.Lock()
+
+
+def _store_state(engine: Engine, database: str) -> _StoreState:
+    with _STATES_GUARD:
+        return _STATES.setdefault((id(engine), database), _StoreState(threading.Lock(), {}, {}))
 
 
 class EventWriter:
@@ -141,7 +150,8 @@ class EventWriter:
         self._engine = engine
         self._db = check_identifier(database)
         self._chunk_rows = chunk_rows
-        self._lock, self._heads = _store_state(engine, self._db)
+        state = _store_state(engine, self._db)
+        self._lock, self._heads, self._free = state.lock, state.heads, state.free
 
     def _stored_hashes(self, rows: Sequence[Row]) -> dict[str, dict[int, tuple[str, int]]]:
         """Per stored id of these rows: each content hash on record, with its position."""
@@ -171,13 +181,34 @@ class EventWriter:
         unknown = sorted(log for log in logs if log not in heads)
         if unknown:
             found = self._engine.query(
-                f"SELECT log, max(idx) + 1 AS next FROM {self._db}.merkle_nodes "
+                f"SELECT log, max(idx) + 1 AS next, uniqExact(idx) AS n FROM {self._db}.merkle_nodes "
                 "WHERE level = 0 AND log IN {logs:Array(String)} GROUP BY log",
                 params={"logs": unknown},
             )
             heads.update(dict.fromkeys(unknown, 0))
-            heads.update({r["log"]: int(r["next"]) for r in found})
+            for r in found:
+                heads[r["log"]] = int(r["next"])
+                self._free[r["log"]] = self._gaps(r["log"]) if int(r["n"]) < int(r["next"]) else []
         return {log: heads[log] for log in logs}
+
+    def _gaps(self, log: str) -> list[int]:
+        """Positions below the head without a leaf: a crash committed part of an insert (its
+        partitions, or the row without its view's part). The events of the missing rows come
+        again (their offsets were not committed) and fill these first, so that the tree,
+        which signs only a gapless prefix, can grow past them."""
+        found = self._engine.query(
+            "SELECT rn, prev, idx FROM (SELECT idx, lagInFrame(idx, 1, toUInt64(0)) OVER (ORDER BY idx ROWS "
+            "BETWEEN 1 PRECEDING AND CURRENT ROW) AS prev, row_number() OVER (ORDER BY idx) AS rn "
+            f"FROM (SELECT DISTINCT idx FROM {self._db}.merkle_nodes "
+            "WHERE log = {log:String} AND level = 0)) "
+            "WHERE (rn = 1 AND idx > 0) OR (rn > 1 AND idx > prev + 1) ORDER BY idx",
+            params={"log": log},
+        )
+        free: list[int] = []
+        for r in found:
+            start = 0 if int(r["rn"]) == 1 else int(r["prev"]) + 1
+            free.extend(range(start, int(r["idx"])))
+        return free
 
     def write(self, rows: Sequence[Row]) -> WriteResult:
         """Insert rows not stored yet. Returns once the store acknowledged every chunk."""
@@ -212,14 +243,23 @@ class EventWriter:
                         conflicts.append(Conflict(row, min(known)))
                 if fresh:
                     heads = self._next_indexes({row["log"] for row in fresh})
+                    taken: dict[str, int] = {}
                     for row in fresh:
-                        row["leaf_index"] = heads[row["log"]]
-                        heads[row["log"]] += 1
+                        free = self._free.get(row["log"])
+                        used = taken.get(row["log"], 0)
+                        if free and used < len(free):
+                            row["leaf_index"] = free[used]
+                            taken[row["log"]] = used + 1
+                        else:
+                            row["leaf_index"] = heads[row["log"]]
+                            heads[row["log"]] += 1
                     # One JSON array, which JSONEachRow also reads: one orjson call for the
                     # chunk instead of one per row (0.9 against 6.8 us per row, measured).
                     data = orjson.dumps(fresh)
                     self._engine.insert_json(f"{self._db}.audit_events", columns=COLUMN_NAMES, data=data)
                     self._heads.update(heads)
+                    for log, used in taken.items():
+                        del self._free[log][:used]
                     inserted += len(fresh)
                 for copy, first in copies:
                     copy["log"], copy["leaf_index"] = first["log"], first["leaf_index"]

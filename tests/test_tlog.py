@@ -264,6 +264,14 @@ def test_a_deleted_row_is_named(store: Store, signer: Signer) -> None:
     # The same row expired by retention: reported as expired, not as tampering.
     report = _verify(store, signer, expired_before_ms=1_900_000_000_000)
     assert report.findings == [] and report.expired == 1
+    # A deletion dressed up as expiry (the leaf's time set back): its hash no longer covers it.
+    _sql(
+        store,
+        "ALTER TABLE {db}.merkle_nodes UPDATE occurred_at = toDateTime64('2020-01-01', 3, 'UTC') "
+        "WHERE idx = 3",
+    )
+    report = _verify(store, signer, expired_before_ms=1_700_000_000_000)
+    assert _kinds(report) == [("deleted", 3, rows[3]["id"])] and report.expired == 0
 
 
 def test_reordered_rows_are_named(store: Store, signer: Signer) -> None:
@@ -371,28 +379,48 @@ def test_cli_checkpoint_and_verify_on_a_store_folder(tmp_path: Path) -> None:
     assert store.returncode == 0
 
 
-def test_the_checkpoint_step_signs_the_logs_a_batch_wrote_once_a_minute(store: Store, signer: Signer) -> None:
+def _from_partition(store: Store, events: list[dict[str, Any]], partition: int) -> list[dict[str, Any]]:
+    from producers.contract.event import parse_event
+    from stream.messages import Lineage
+    from stream.transform import process
+
+    served = Directories(
+        [load_directory(GOLDEN / "directory.yaml").model_copy(update={"infrastructure": "acme"})]
+    )
+    rows = [
+        process(parse_event(e), served, Lineage("kafka", 1_796_000_000_000, "audit.raw", partition, i))
+        for i, e in enumerate(events)
+    ]
+    store.writer.write(rows)
+    return rows
+
+
+def test_the_checkpoint_step_signs_the_logs_of_its_partitions_once_a_minute(
+    store: Store, signer: Signer
+) -> None:
     from stream.messages import Batch
     from stream.steps import Done
     from stream.steps.checkpoint import CheckpointStep
 
     now = [0.0]
     step = CheckpointStep(_checkpointer(store, signer), Done(), interval_s=60, clock=lambda: now[0])
-    _ingest(store, _events(6))
-    batch = Batch(rows=[{"log": "local"}])
-    step.submit(batch)
-    assert store.tree.checkpoints("local") == []  # not due yet
+    step.submit(Batch(rows=_from_partition(store, _events(6), 0)))
+    assert store.tree.checkpoints("audit.raw/0") == []  # not due yet
     now[0] = 61.0
     step.tick()  # the edge's timer: a quiet spell's tail is signed too
-    [cp] = store.tree.checkpoints("local")
+    [cp] = store.tree.checkpoints("audit.raw/0")
     assert cp.size == 6
-    _ingest(store, _events(3, start=6))
     now[0] = 62.0
-    step.submit(batch)
-    assert len(store.tree.checkpoints("local")) == 1  # a minute has not passed since
+    step.submit(Batch(rows=_from_partition(store, _events(3, start=6), 0)))
+    assert len(store.tree.checkpoints("audit.raw/0")) == 1  # a minute has not passed since
+    # A duplicate of an event stored from partition 0, read again from partition 1: this worker
+    # signs partition 1's log, never the stored copy's.
+    again = _from_partition(store, _events(1), 1)
+    assert again[0]["log"] == "audit.raw/0"
     now[0] = 130.0
-    step.submit(batch)
-    assert [c.size for c in store.tree.checkpoints("local")] == [6, 9]
+    step.submit(Batch(rows=_from_partition(store, _events(3, start=9), 0) + again))
+    assert [c.size for c in store.tree.checkpoints("audit.raw/0")] == [6, 12]
+    assert store.tree.checkpoints("audit.raw/1") == []  # partition 1 wrote no leaf: nothing to sign
 
 
 def test_a_replay_into_an_empty_store_gives_the_same_tree(chdb_engine: Engine, signer: Signer) -> None:
@@ -404,3 +432,26 @@ def test_a_replay_into_an_empty_store_gives_the_same_tree(chdb_engine: Engine, s
         [made] = _checkpointer(store, signer).run()
         roots.append((made.checkpoint.size, made.checkpoint.root))
     assert roots[0] == roots[1] and roots[0][0] == 32
+
+
+def test_positions_a_crash_left_without_a_leaf_are_filled_by_the_events_that_come_again(
+    chdb_engine: Engine, signer: Signer
+) -> None:
+    from storage import writer
+
+    database = "t_" + uuid.uuid4().hex[:12]
+    store = Store(chdb_engine, database=database)
+    _ingest(store, _events(10))
+    # A crash mid-insert committed some of its parts only: rows 3, 4 and 7 and their leaves are lost.
+    _sql(store, "ALTER TABLE {db}.audit_events DELETE WHERE leaf_index IN (3, 4, 7)")
+    _sql(store, "ALTER TABLE {db}.merkle_nodes DELETE WHERE idx IN (3, 4, 7)")
+    lost = [str(uuid.UUID(int=10_000 + i)) for i in (3, 4, 7)]
+    _sql(store, "ALTER TABLE {db}.event_keys DELETE WHERE event_id IN {ids:Array(UUID)}", ids=lost)
+    assert _checkpointer(store, signer).run()[0].checkpoint.size == 3  # signing stops at the gap
+    writer._STATES.pop((id(chdb_engine), database))  # the process restarts
+    restarted = Store(chdb_engine, database=database)
+    _ingest(restarted, [e for i, e in enumerate(_events(10)) if i in (3, 4, 7)])  # redelivered
+    _ingest(restarted, _events(2, start=10))
+    [made] = _checkpointer(restarted, signer).run()
+    assert made.checkpoint.size == 12
+    assert _verify(restarted, signer).findings == []

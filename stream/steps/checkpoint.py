@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import orjson
 
+from storage.writer import log_of
 from stream.checkpointer import Checkpointer, Made
 from stream.messages import Batch
 from stream.steps import Step
@@ -44,7 +45,9 @@ class CheckpointStep:
 
     def submit(self, batch: Batch) -> None:
         with self._lock:
-            self._pending.update(row["log"] for row in batch.rows if row.get("log"))
+            # The logs of this worker's partitions: a duplicate carries its stored copy's log,
+            # which another process may be signing.
+            self._pending.update(log_of(row) for row in batch.rows if row.get("kafka_topic"))
         self.tick()
         self._next.submit(batch)
 

@@ -1,20 +1,26 @@
 """The bytes a leaf hashes: one stored event, canonical and versioned (`auditlog/leaf/v1`).
 
-A leaf's data is a sequence of netstrings (`<byte length>:<bytes>,`, lengths in
-decimal ASCII, bytes UTF-8):
+A leaf's data is five netstrings (`<byte length>:<bytes>,`, lengths in decimal
+ASCII, bytes UTF-8):
 
 1. the version tag `auditlog/leaf/v1`;
-2. the log's name and the leaf's index in it (decimal);
-3. every field of `PUBLIC_FIELDS`, in that order;
-4. `sealed`: the lowercase hex SHA-256 of the netstrings of `SEALED_FIELDS`, the
-   internal columns (scope token, content hash, entity keys, Kafka lineage) an export
-   does not show but the store's verification checks.
+2. the log's name;
+3. the leaf's index in it (decimal);
+4. the event's `occurred_at`, in milliseconds since the epoch (decimal);
+5. `body`: the lowercase hex SHA-256 of the netstrings of every field of
+   `PUBLIC_FIELDS`, in that order, followed by the netstring of `sealed`, the
+   lowercase hex SHA-256 of the netstrings of `SEALED_FIELDS` (the internal
+   columns an export does not show but the store's verification checks).
+
+The store keeps each leaf's time and body beside its hash, so a leaf whose row a
+retention policy removed still proves when its event occurred: expired, not
+deleted, is a claim the signed tree backs.
 
 Values: strings as stored (an absent optional field is the empty string); integers in
 decimal; UUIDs in lowercase 8-4-4-4-12 form; times as milliseconds since the epoch;
 a list is one netstring holding its elements' netstrings. `changes` and `details` are
 the JSON texts as stored (sorted keys, compact). The store computes the same bytes in
-SQL (`storage.tree`), so a check of every row needs no Python per row.
+SQL (`storage.leaf_sql`), so a check of every row needs no Python per row.
 """
 
 from __future__ import annotations
@@ -92,18 +98,22 @@ def sealed_digest(values: Mapping[str, Any]) -> str:
     return hashlib.sha256(_fields(SEALED_FIELDS, values)).hexdigest()
 
 
-def leaf_data(log: str, index: int, values: Mapping[str, Any], *, sealed: str | None = None) -> bytes:
-    """The leaf's bytes from canonical values (`values[name]` as described above); `sealed`
-    when the sealed fields themselves are not at hand (an export carries the digest)."""
+def body_digest(values: Mapping[str, Any], *, sealed: str | None = None) -> str:
+    """The event's fields, hashed: `sealed` when the sealed fields themselves are not at hand
+    (a proof carries the digest)."""
+    seal = sealed if sealed is not None else sealed_digest(values)
+    return hashlib.sha256(_fields(PUBLIC_FIELDS, values) + netstring(seal.encode())).hexdigest()
+
+
+def leaf_data_of(log: str, index: int, occurred_at_ms: int, body: str) -> bytes:
     return b"".join(
-        (
-            netstring(VERSION.encode()),
-            netstring(log.encode()),
-            netstring(str(index).encode()),
-            _fields(PUBLIC_FIELDS, values),
-            netstring((sealed if sealed is not None else sealed_digest(values)).encode()),
-        )
+        netstring(part.encode()) for part in (VERSION, log, str(index), str(occurred_at_ms), body)
     )
+
+
+def leaf_data(log: str, index: int, values: Mapping[str, Any], *, sealed: str | None = None) -> bytes:
+    """The leaf's bytes from canonical values (`values[name]` as described above)."""
+    return leaf_data_of(log, index, int(values["occurred_at"]), body_digest(values, sealed=sealed))
 
 
 def event_leaf_hash(log: str, index: int, values: Mapping[str, Any], *, sealed: str | None = None) -> bytes:
