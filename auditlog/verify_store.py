@@ -21,13 +21,14 @@ the rows, so the tree still verifies.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
 from producers.contract.tlog.checkpoint import Checkpoint, note_hash, open_checkpoint
 from producers.contract.tlog.leaf import leaf_data_of
-from producers.contract.tlog.merkle import Frontier, leaf_hash, node_hash
+from producers.contract.tlog.merkle import Frontier, leaf_hash, levels, node_hash, root_at
 from producers.contract.tlog.note import NoteError, Verifier
 from storage.tree import RowCheck, TreeStore
 
@@ -181,29 +182,31 @@ def _tree(report: LogReport, tree: TreeStore, signed: list[_Signed]) -> None:
             )
         )
     report.doubled = {index for _, index, _ in doubled}
-    frontier = Frontier()
-    good = 0
-    bad: _Signed | None = None
-    expected = 0
+    hashes: list[bytes] = []
     for index, leaf in tree.leaves(log):
-        if index == expected - 1 and index in report.doubled:
+        if index == len(hashes) - 1 and index in report.doubled:
             continue  # a second leaf at one position, reported above; the tree takes the first
-        if index != expected:
+        if index != len(hashes):
             report.findings.append(
-                Finding("gap", log, f"positions {expected} to {index - 1} have no leaf", index=expected)
+                Finding("gap", log, f"positions {len(hashes)} to {index - 1} have no leaf", index=len(hashes))
             )
             break
-        frontier.append(leaf)
-        expected += 1
-        for s in by_size.get(frontier.size, ()):
-            if s.checkpoint.root == frontier.root():
-                good = max(good, frontier.size)
+        hashes.append(leaf)
+    expected = report.leaves = len(hashes)
+    # Every signed root recomputed from the one sequence of leaves: the checkpoints that match
+    # are prefixes of one another, which is their consistency.
+    tree_levels = levels(hashes)
+    good = 0
+    bad: _Signed | None = None
+    for size in sorted(by_size):
+        if size > expected:
+            break
+        root = root_at(tree_levels, size) if size else Frontier().root()
+        for s in by_size[size]:
+            if s.checkpoint.root == root:
+                good = size if bad is None else good
             elif bad is None:
                 bad = s
-    report.leaves = expected
-    for s in by_size.get(0, ()):
-        if s.checkpoint.root != Frontier().root():
-            bad = bad or s
     if bad is not None:
         _localize(report, tree, good, bad.checkpoint)
     newest = max((s.checkpoint for s in signed), key=lambda c: c.size, default=None)
@@ -260,14 +263,13 @@ def _localize(report: LogReport, tree: TreeStore, good: int, bad: Checkpoint) ->
 
 def _rows(
     report: LogReport,
-    tree: TreeStore,
+    checks: list[RowCheck],
     *,
     since_ms: int | None,
     until_ms: int | None,
     expired_before_ms: int | None,
 ) -> None:
     log = report.log
-    checks = tree.row_mismatches(log, since_ms=since_ms, until_ms=until_ms)
     if since_ms is not None or until_ms is not None:
         report.rows_checked = f"occurred_at in [{since_ms}, {until_ms}) ms"
     leaf_of = {c.leaf_event_id: c.index for c in checks if c.leaf_event_id is not None}
@@ -333,6 +335,20 @@ def _expired(log: str, c: RowCheck, horizon_ms: int) -> bool:
     return c.leaf_occurred_ms < horizon_ms and leaf_hash(data) == c.leaf_hash
 
 
+def _signed_tree(
+    tree: TreeStore, log: str, *, verifiers: list[Verifier], origin: str, anchor_dir: Path | None
+) -> LogReport:
+    report = LogReport(log)
+    # The anchor first: a checkpoint is written to the store before its file, so one made
+    # while this runs is in both or in the store only, never in the anchor alone.
+    anchored = anchor_notes(anchor_dir, log)
+    signed = _checkpoints(
+        report, [c.note for c in tree.checkpoints(log)], anchored, verifiers, f"{origin}/{log}"
+    )
+    _tree(report, tree, signed)
+    return report
+
+
 def verify_log(
     tree: TreeStore,
     log: str,
@@ -344,16 +360,16 @@ def verify_log(
     until_ms: int | None = None,
     expired_before_ms: int | None = None,
 ) -> LogReport:
-    report = LogReport(log)
-    # The anchor first: a checkpoint is written to the store before its file, so one made
-    # while this runs is in both or in the store only, never in the anchor alone.
-    anchored = anchor_notes(anchor_dir, log)
-    signed = _checkpoints(
-        report, [c.note for c in tree.checkpoints(log)], anchored, verifiers, f"{origin}/{log}"
+    [report] = verify_store(
+        tree,
+        verifiers=verifiers,
+        origin=origin,
+        anchor_dir=anchor_dir,
+        logs=[log],
+        since_ms=since_ms,
+        until_ms=until_ms,
+        expired_before_ms=expired_before_ms,
     )
-    _tree(report, tree, signed)
-    _rows(report, tree, since_ms=since_ms, until_ms=until_ms, expired_before_ms=expired_before_ms)
-    report.findings.sort(key=lambda f: (f.index if f.index is not None else -1, f.kind))
     return report
 
 
@@ -369,19 +385,24 @@ def verify_store(
     expired_before_ms: int | None = None,
 ) -> list[LogReport]:
     names = sorted(set(logs) if logs is not None else set(tree.logs()) | set(anchored_logs(anchor_dir)))
-    reports = [
-        verify_log(
-            tree,
-            name,
-            verifiers=verifiers,
-            origin=origin,
-            anchor_dir=anchor_dir,
+    # The store hashes every row (one scan, in its own threads) while this thread rebuilds the
+    # trees from their leaves and checks them against the signed roots.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        rows = pool.submit(tree.row_mismatches, names, since_ms=since_ms, until_ms=until_ms)
+        reports = [
+            _signed_tree(tree, name, verifiers=verifiers, origin=origin, anchor_dir=anchor_dir)
+            for name in names
+        ]
+        checks = rows.result()
+    for report in reports:
+        _rows(
+            report,
+            checks.get(report.log, []),
             since_ms=since_ms,
             until_ms=until_ms,
             expired_before_ms=expired_before_ms,
         )
-        for name in names
-    ]
+        report.findings.sort(key=lambda f: (f.index if f.index is not None else -1, f.kind))
     if logs is None:
         reports.append(outside_tree(tree))
     return reports

@@ -72,20 +72,29 @@ def store_figures(path: Path, proofs: int) -> None:
             params={"n": proofs},
         )
     ]
-    latencies = []
+    read_ms, proof_ms = [], []
     for event_id in ids:
         t = time.perf_counter()
-        # As the endpoint does: the event's row by id (time-ordered table: its bloom filter), then the proof.
+        # As the endpoint does: the event's row (the read of GET /v1/events/{id}), then its proof.
         [row] = store.engine.query(
-            f"SELECT {_SELECT} FROM {DATABASE}.audit_events WHERE event_id = toUUID({{id:String}})",
+            f"SELECT {_SELECT} FROM {DATABASE}.audit_events WHERE event_id = toUUID({{id:String}}) "
+            f"AND occurred_at IN (SELECT occurred_at FROM {DATABASE}.event_keys "
+            "WHERE event_id = toUUID({id:String})) LIMIT 1",
             params={"id": event_id},
         )
+        t2 = time.perf_counter()
         proof = inclusion(tree, [row])[0]
-        latencies.append((time.perf_counter() - t) * 1000)
+        proof_ms.append((time.perf_counter() - t2) * 1000)
+        read_ms.append((t2 - t) * 1000)
         assert proof is not None
-    latencies.sort()
-    p50, p95 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.95)]
-    print(f"inclusion proof of a random event (row + path + checkpoint): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+    for what, ms in (
+        ("the proof itself (checkpoint + audit path)", proof_ms),
+        ("the event's row read", read_ms),
+    ):
+        ms.sort()
+        print(
+            f"{what}: p50 {ms[len(ms) // 2]:.1f} ms, p95 {ms[int(len(ms) * 0.95)]:.1f} ms ({len(ms)} events)"
+        )
     print(f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
     store.close()
 

@@ -112,6 +112,8 @@ _EVENT_KEYS_VIEW_V7 = (
 # signs a checkpoint over them. No TTL: a leaf outlives its row, so a tree whose old rows
 # expired still verifies. A MergeTree, not a Replacing one: two leaves at one position are
 # evidence (`auditlog verify` reports them), not something a merge may quietly fold.
+# Granules of 1024: a proof reads ~25 single nodes, each a granule (at 10M leaves, 1024
+# against 8192 took a proof's node lookup from 16 to 11 ms).
 _MERKLE_NODES = """
 CREATE TABLE IF NOT EXISTS {db}.merkle_nodes (
     log LowCardinality(String),
@@ -124,7 +126,7 @@ CREATE TABLE IF NOT EXISTS {db}.merkle_nodes (
 )
 ENGINE = MergeTree
 ORDER BY (log, level, idx)
-SETTINGS index_granularity = 8192
+SETTINGS index_granularity = 1024
 """
 # A leaf keeps its event's time and body digest beside its hash (producers.contract.tlog.leaf):
 # once retention drops the row, the signed tree still proves when the event occurred.

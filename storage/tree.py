@@ -18,7 +18,7 @@ from storage.leaf_sql import leaf_hash_sql
 from storage.migrations import check_identifier
 
 _LEAF = struct.Struct("<Q32s")
-_ROW_CHECK = struct.Struct("<B Q 16s 32s B Q 16s 32s q 32s")
+_ROW_CHECK = struct.Struct("<I B Q 16s 32s B Q 16s 32s q 32s")
 _EMPTY_UUID = b"\x00" * 16
 _NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
 LEAF_PAGE = 1_000_000
@@ -183,13 +183,16 @@ class TreeStore:
         return sorted((r["t"], int(r["i"]), sorted(r["ids"])) for r in rows)
 
     def row_mismatches(
-        self, log: str, *, since_ms: int | None = None, until_ms: int | None = None
-    ) -> list[RowCheck]:
-        """Every position of the log where the row stored there does not hash to its leaf, one
+        self, logs: Sequence[str], *, since_ms: int | None = None, until_ms: int | None = None
+    ) -> dict[str, list[RowCheck]]:
+        """Per log, every position where the row stored there does not hash to its leaf, one
         side is missing, or the two name different events. The rows are hashed by ClickHouse
-        (`storage.leaf_sql`), so a check of every row moves only the disagreements."""
+        (`storage.leaf_sql`), every log in one scan of the table (rows of all logs share its
+        granules), so a check of every row moves only the disagreements."""
+        if not logs:
+            return {}
         time = ""
-        params: dict[str, Any] = {"log": log}
+        params: dict[str, Any] = {"logs": list(logs)}
         if since_ms is not None:
             time += " AND occurred_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')"
             params["since"] = since_ms
@@ -197,21 +200,23 @@ class TreeStore:
             time += " AND occurred_at < fromUnixTimestamp64Milli({until:Int64}, 'UTC')"
             params["until"] = until_ms
         data = self._engine.query_binary(
-            f"SELECT r.idx IS NOT NULL, ifNull(ifNull(r.idx, l.idx), 0), ifNull(r.event_id, {_NIL}), "
+            "SELECT toUInt32(indexOf({logs:Array(String)}, ifNull(r.log, l.log))), r.idx IS NOT NULL, "
+            f"ifNull(ifNull(r.idx, l.idx), 0), ifNull(r.event_id, {_NIL}), "
             "ifNull(r.h, toFixedString('', 32)), l.idx IS NOT NULL, ifNull(l.idx, 0), "
             f"ifNull(l.event_id, {_NIL}), ifNull(l.hash, toFixedString('', 32)), "
             "ifNull(toUnixTimestamp64Milli(l.occurred_at), 0), ifNull(l.body, toFixedString('', 32)) FROM "
-            f"(SELECT leaf_index AS idx, event_id, {leaf_hash_sql()} AS h FROM {self._db}.audit_events "
-            f"WHERE log = {{log:String}}{time}) AS r "
-            f"FULL OUTER JOIN (SELECT idx, event_id, hash, occurred_at, body FROM {self._db}.merkle_nodes "
-            f"WHERE log = {{log:String}} AND level = 0{time}) AS l ON r.idx = l.idx "
+            f"(SELECT toString(log) AS log, leaf_index AS idx, event_id, {leaf_hash_sql()} AS h "
+            f"FROM {self._db}.audit_events WHERE log IN {{logs:Array(String)}}{time}) AS r "
+            "FULL OUTER JOIN (SELECT toString(log) AS log, idx, event_id, hash, occurred_at, body "
+            f"FROM {self._db}.merkle_nodes WHERE log IN {{logs:Array(String)}} AND level = 0{time}) AS l "
+            "ON r.log = l.log AND r.idx = l.idx "
             "WHERE r.idx IS NULL OR l.idx IS NULL OR r.h != l.hash OR r.event_id != l.event_id "
-            "ORDER BY 2 SETTINGS join_use_nulls = 1",
+            "ORDER BY 1, 3 SETTINGS join_use_nulls = 1",
             params=params,
         )
-        out = []
-        for has_row, idx, rid, rh, has_leaf, _lidx, lid, lh, lms, body in _ROW_CHECK.iter_unpack(data):
-            out.append(
+        out: dict[str, list[RowCheck]] = {}
+        for number, has_row, idx, rid, rh, has_leaf, _l, lid, lh, lms, body in _ROW_CHECK.iter_unpack(data):
+            out.setdefault(logs[number - 1], []).append(
                 RowCheck(
                     index=idx,
                     row_event_id=_uuid_text(rid) if has_row else None,

@@ -232,7 +232,7 @@ CREATE TABLE IF NOT EXISTS auditlog.merkle_nodes_local ON CLUSTER audit (
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
 ORDER BY (log, level, idx)
-SETTINGS index_granularity = 8192;
+SETTINGS index_granularity = 1024;
 
 CREATE TABLE IF NOT EXISTS auditlog.merkle_nodes ON CLUSTER audit (
     log LowCardinality(String),

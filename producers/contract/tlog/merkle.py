@@ -95,6 +95,23 @@ class Frontier:
         return tuple(self._hashes)
 
 
+def levels(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Every perfect subtree of a tree, level by level (`levels[l][i]` is subtree (l, i)): the
+    whole tree in one pass per level, for a verifier that needs its root at many sizes."""
+    out = [list(leaves)]
+    sha = hashlib.sha256
+    while len(out[-1]) > 1:
+        below = out[-1]
+        pairs = zip(below[0::2], below[1::2], strict=False)
+        out.append([sha(b"\x01" + left + right).digest() for left, right in pairs])
+    return out
+
+
+def root_at(tree_levels: Sequence[Sequence[bytes]], size: int) -> bytes:
+    """The root of the first `size` leaves, from `levels` of at least that many."""
+    return fold([tree_levels[level][index] for level, index in perfect_parts(0, size)])
+
+
 def root_of(leaves: Iterable[bytes]) -> bytes:
     frontier = Frontier()
     for leaf in leaves:
