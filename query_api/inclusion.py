@@ -29,7 +29,7 @@ def inclusion(tree: TreeStore, rows: Sequence[dict[str, Any]]) -> list[dict[str,
         if row.get("log"):
             by_log.setdefault(row["log"], []).append(i)
     for log, members in by_log.items():
-        newest = tree.latest_checkpoint(log)
+        newest = tree.latest_checkpoint(log, max_age_s=1.0)
         if newest is None:
             continue
         wanted = [i for i in members if int(rows[i]["leaf_index"]) < newest.size]

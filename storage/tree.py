@@ -8,6 +8,7 @@ checkpoints. Hashes travel as RowBinary, 32 raw bytes each.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ _ROW_CHECK = struct.Struct("<I B Q 16s 32s B Q 16s 32s q 32s")
 _EMPTY_UUID = b"\x00" * 16
 _NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
 LEAF_PAGE = 1_000_000
+_CACHED_LEVEL = 4
 
 
 def _varint(n: int) -> bytes:
@@ -69,6 +71,8 @@ class TreeStore:
     def __init__(self, engine: Engine, *, database: str) -> None:
         self._engine = engine
         self._db = check_identifier(database)
+        self._high: dict[tuple[str, Coord], bytes] = {}
+        self._latest: dict[str, tuple[float, StoredCheckpoint | None]] = {}
 
     def logs(self) -> list[str]:
         rows = self._engine.query(
@@ -98,15 +102,24 @@ class TreeStore:
             yield from _LEAF.iter_unpack(data)
 
     def nodes(self, log: str, coords: Iterable[Coord]) -> dict[Coord, bytes]:
+        """The stored perfect subtrees at `coords`. Those of level 4 and up (one per 16 leaves,
+        2 MB a million leaves) are kept in memory once read: a subtree's hash never changes once
+        its leaves exist, and each lookup reads a granule, so a warm proof reads four."""
         wanted = sorted(set(coords))
-        if not wanted:
-            return {}
+        found = {c: self._high[(log, c)] for c in wanted if (log, c) in self._high}
+        missing = [c for c in wanted if c not in found]
+        if not missing:
+            return found
         data = self._engine.query_binary(
             f"SELECT level, idx, any(hash) FROM {self._db}.merkle_nodes WHERE log = {{log:String}} "
             "AND (level, idx) IN {coords:Array(Tuple(UInt8, UInt64))} GROUP BY level, idx",
-            params={"log": log, "coords": wanted},
+            params={"log": log, "coords": missing},
         )
-        return {(level, idx): h for level, idx, h in struct.iter_unpack("<BQ32s", data)}
+        for level, idx, h in struct.iter_unpack("<BQ32s", data):
+            found[(level, idx)] = h
+            if level >= _CACHED_LEVEL:
+                self._high[(log, (level, idx))] = h
+        return found
 
     def put_nodes(self, log: str, nodes: Sequence[tuple[int, int, bytes]]) -> None:
         """Keep perfect subtrees above the leaves (levels >= 1): idempotent in content, a rerun
@@ -145,7 +158,19 @@ class TreeStore:
         )
         return [self._checkpoint(r) for r in rows]
 
-    def latest_checkpoint(self, log: str) -> StoredCheckpoint | None:
+    def latest_checkpoint(self, log: str, *, max_age_s: float = 0.0) -> StoredCheckpoint | None:
+        """The log's newest checkpoint; one read less than `max_age_s` ago may be given again
+        (proofs: a checkpoint a second old proves as well)."""
+        if max_age_s > 0:
+            cached = self._latest.get(log)
+            if cached is not None and time.monotonic() - cached[0] < max_age_s:
+                return cached[1]
+        found = self._latest_checkpoint(log)
+        if max_age_s > 0:
+            self._latest[log] = (time.monotonic(), found)
+        return found
+
+    def _latest_checkpoint(self, log: str) -> StoredCheckpoint | None:
         rows = self._engine.query(
             "SELECT log, tree_size, root_hash, toUnixTimestamp64Milli(created_at) AS created_ms, key_id, "
             f"verifier_key, note FROM {self._db}.checkpoints WHERE log = {{log:String}} "
@@ -155,6 +180,7 @@ class TreeStore:
         return self._checkpoint(rows[0]) if rows else None
 
     def save_checkpoint(self, cp: StoredCheckpoint) -> None:
+        self._latest.pop(cp.log, None)
         self._engine.command(
             f"INSERT INTO {self._db}.checkpoints (log, tree_size, root_hash, created_at, key_id, "
             "verifier_key, note) VALUES ({log:String}, {size:UInt64}, {root:String}, "
