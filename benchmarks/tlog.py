@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -28,11 +29,9 @@ from benchmarks.dataset import DATABASE
 from benchmarks.worker_throughput import worktree
 
 
-def store_figures(path: Path, proofs: int) -> None:
+def store_figures(path: Path, proofs: int, *, proofs_only: bool = False) -> None:
     from auditlog.verify_store import verify_store
     from producers.contract.tlog.note import Signer
-    from query_api.inclusion import inclusion
-    from storage.reader import _SELECT
     from storage.store import Store, StoreSettings
     from stream.checkpointer import Checkpointer
 
@@ -41,6 +40,9 @@ def store_figures(path: Path, proofs: int) -> None:
     rows = store.event_count()
     signer = Signer.generate("auditlog")
     anchor = Path(tempfile.mkdtemp(prefix="auditlog-tlog-bench-"))
+    if proofs_only:
+        _proofs(store, proofs)
+        return
     store.engine.command(f"TRUNCATE TABLE {DATABASE}.checkpoints")
     store.engine.command(
         f"ALTER TABLE {DATABASE}.merkle_nodes DELETE WHERE level > 0 SETTINGS mutations_sync = 2"
@@ -64,6 +66,14 @@ def store_figures(path: Path, proofs: int) -> None:
         flush=True,
     )
 
+    _proofs(store, proofs)
+
+
+def _proofs(store: Any, proofs: int) -> None:
+    from query_api.inclusion import inclusion
+    from storage.reader import _SELECT
+
+    tree = store.tree
     ids = [
         r["id"]
         for r in store.engine.query(
@@ -134,13 +144,14 @@ def main() -> None:
     s = sub.add_parser("store")
     s.add_argument("--store", type=Path, required=True)
     s.add_argument("--proofs", type=int, default=200)
+    s.add_argument("--proofs-only", action="store_true", help="only the proofs (checkpoints already made)")
     i = sub.add_parser("ingest")
     i.add_argument("--compare", required=True, metavar="REF")
     i.add_argument("--events", type=int, default=100_000)
     i.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     if args.command == "store":
-        store_figures(args.store, args.proofs)
+        store_figures(args.store, args.proofs, proofs_only=args.proofs_only)
     else:
         ingest_compare(args.compare, args.events, args.runs)
 
