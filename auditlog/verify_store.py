@@ -31,6 +31,7 @@ from producers.contract.tlog.leaf import leaf_data_of
 from producers.contract.tlog.merkle import Frontier, leaf_hash, levels, node_hash, root_at
 from producers.contract.tlog.note import NoteError, Verifier
 from storage.tree import RowCheck, TreeStore
+from stream.checkpointer import anchor_folder
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class _Signed:
 def anchor_notes(anchor_dir: Path | None, log: str) -> list[str]:
     if anchor_dir is None:
         return []
-    folder = anchor_dir / "logs" / Path(*[p for p in log.split("/") if p not in ("", ".", "..")])
+    folder = anchor_folder(anchor_dir, log)
     if not folder.is_dir():
         return []
     return [p.read_text() for p in sorted(folder.glob("*.checkpoint"))]

@@ -71,7 +71,7 @@ def store_figures(path: Path, proofs: int, *, proofs_only: bool = False) -> None
 
 def _proofs(store: Any, proofs: int) -> None:
     from query_api.inclusion import inclusion
-    from storage.reader import _SELECT
+    from storage.reader import _SELECT_PROVABLE
 
     tree = store.tree
     ids = [
@@ -87,7 +87,7 @@ def _proofs(store: Any, proofs: int) -> None:
         t = time.perf_counter()
         # As the endpoint does: the event's row (the read of GET /v1/events/{id}), then its proof.
         [row] = store.engine.query(
-            f"SELECT {_SELECT} FROM {DATABASE}.audit_events WHERE event_id = toUUID({{id:String}}) "
+            f"SELECT {_SELECT_PROVABLE} FROM {DATABASE}.audit_events WHERE event_id = toUUID({{id:String}}) "
             f"AND occurred_at IN (SELECT occurred_at FROM {DATABASE}.event_keys "
             "WHERE event_id = toUUID({id:String})) LIMIT 1",
             params={"id": event_id},

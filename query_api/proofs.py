@@ -54,7 +54,7 @@ class InclusionProof(BaseModel):
 )
 def event_proof(event_id: UUID, reading: ReadingDep) -> Response:
     with reading.turn():
-        row = reading.services.store.reader.get(scope=reading.scope, event_id=str(event_id))
+        row = reading.services.store.reader.get(scope=reading.scope, event_id=str(event_id), provable=True)
         proof = inclusion(reading.services.store.tree, [row])[0] if row is not None else None
     reading.audit("audit_log.read", {"view": "proof", "event_id": str(event_id), "found": row is not None})
     if row is None:

@@ -391,7 +391,7 @@ def _export_lines(
             writer.writerow(EXPORT_FIELDS)
             yield buffer.getvalue().encode()
         chunks = reader.iter_chunks(
-            scope=reading.scope, view=View(), filters=filters.filter, chunk_rows=chunk
+            scope=reading.scope, view=View(), filters=filters.filter, chunk_rows=chunk, provable=proofs
         )
         sent: set[str] = set()
         while True:

@@ -225,25 +225,21 @@ class ChdbEngine:
     def command(self, sql: str, *, params: Params | None = None) -> None:
         self._run(sql, params, "CSV")
 
-    def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
+    def _insert(self, table: str, columns: Sequence[str], data: bytes, fmt: str) -> None:
         cols = ", ".join(columns)
         with self._lock:
             try:
-                with self._conn.send_insert(f"INSERT INTO {table} ({cols})", "JSONEachRow") as ins:
+                with self._conn.send_insert(f"INSERT INTO {table} ({cols})", fmt) as ins:
                     ins.append(data)
                     ins.finish()
             except Exception as exc:
                 raise StoreError.from_exception(exc) from None
 
+    def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
+        self._insert(table, columns, data, "JSONEachRow")
+
     def insert_binary(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
-        cols = ", ".join(columns)
-        with self._lock:
-            try:
-                with self._conn.send_insert(f"INSERT INTO {table} ({cols})", "RowBinary") as ins:
-                    ins.append(data)
-                    ins.finish()
-            except Exception as exc:
-                raise StoreError.from_exception(exc) from None
+        self._insert(table, columns, data, "RowBinary")
 
     def stream(self, sql: str, *, params: Params | None = None) -> Iterator[bytes]:
         bound = self._params(params)
@@ -309,17 +305,17 @@ class ServerEngine:
         except Exception as exc:
             raise StoreError.from_exception(exc) from None
 
-    def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
+    def _insert(self, table: str, columns: Sequence[str], data: bytes, fmt: str) -> None:
         try:
-            self._client.raw_insert(table, column_names=list(columns), insert_block=data, fmt="JSONEachRow")
+            self._client.raw_insert(table, column_names=list(columns), insert_block=data, fmt=fmt)
         except Exception as exc:
             raise StoreError.from_exception(exc) from None
 
+    def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
+        self._insert(table, columns, data, "JSONEachRow")
+
     def insert_binary(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
-        try:
-            self._client.raw_insert(table, column_names=list(columns), insert_block=data, fmt="RowBinary")
-        except Exception as exc:
-            raise StoreError.from_exception(exc) from None
+        self._insert(table, columns, data, "RowBinary")
 
     def stream(self, sql: str, *, params: Params | None = None) -> Iterator[bytes]:
         try:

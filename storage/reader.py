@@ -32,10 +32,11 @@ _SELECT = ", ".join(
     + [
         "toUnixTimestamp64Milli(occurred_at) AS occurred_at_ms",
         "toUnixTimestamp64Milli(received_at) AS received_at_ms",
-        # What a proof of the row carries instead of its internal columns (storage.leaf_sql).
-        f"{sealed_sql()} AS leaf_sealed",
     ]
 )
+# With what a proof of the row carries instead of its internal columns (storage.leaf_sql):
+# read for proofs and exports with proofs only, not for every page.
+_SELECT_PROVABLE = f"{_SELECT}, {sealed_sql()} AS leaf_sealed"
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,8 @@ class EventReader:
             next_cursor = Cursor(int(last["occurred_at_ms"]), last["event_id"], fingerprint).encode()
         return Page(items=rows, next_cursor=next_cursor)
 
-    def get(self, *, scope: ReadScope, event_id: str) -> dict[str, Any] | None:
+    def get(self, *, scope: ReadScope, event_id: str, provable: bool = False) -> dict[str, Any] | None:
+        """One event the scope may read; `provable`: with its sealed digest, for its proof."""
         where = _where(View(), EventFilter(), scope)
         params = {**where.params, "e_id": event_id}
         # The id's time from event_keys (ordered by id), then the row by audit_events' own key:
@@ -286,29 +288,38 @@ class EventReader:
             "WHERE event_id = toUUID({e_id:String}))"
         )
         rows = self._engine.query(
-            f"SELECT {_SELECT} {self._rows(View(), where)} AND event_id = toUUID({{e_id:String}}) {at} "
+            f"SELECT {_SELECT_PROVABLE if provable else _SELECT} {self._rows(View(), where)} "
+            f"AND event_id = toUUID({{e_id:String}}) {at} "
             f"LIMIT 1{self._settings(View())}",
             params=params,
         )
         return rows[0] if rows else None
 
     def iter_chunks(
-        self, *, scope: ReadScope, view: View, filters: EventFilter, chunk_rows: int = 20_000
+        self,
+        *,
+        scope: ReadScope,
+        view: View,
+        filters: EventFilter,
+        chunk_rows: int = 20_000,
+        provable: bool = False,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Every matching row, newest first, `chunk_rows` at a time (exports).
+        """Every matching row, newest first, `chunk_rows` at a time (exports; `provable`: with
+        each row's sealed digest, for its proof).
 
         Each chunk is its own keyset query, so memory stays bounded by one chunk
         whatever the export's size, the store is free between chunks, and rows
         ingested meanwhile (newer than the first chunk) are neither repeated nor skipped.
         """
         where = _where(view, filters, scope)
+        columns = _SELECT_PROVABLE if provable else _SELECT
         after: tuple[int, str] | None = None
         while True:
             params = {**where.params, "limit": chunk_rows}
             if after is not None:
                 params["c_ts"], params["c_id"] = after
             rows = self._engine.query(
-                f"SELECT {_SELECT} {self._rows(view, where, keyset=after is not None, limited=True)} "
+                f"SELECT {columns} {self._rows(view, where, keyset=after is not None, limited=True)} "
                 f"{_NEWEST_FIRST} LIMIT {{limit:UInt32}}{self._settings(view)}",
                 params=params,
             )

@@ -24,6 +24,9 @@ _EMPTY_UUID = b"\x00" * 16
 _NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
 LEAF_PAGE = 1_000_000
 _CACHED_LEVEL = 4
+_CHECKPOINT = (
+    "log, tree_size, root_hash, toUnixTimestamp64Milli(created_at) AS created_ms, key_id, verifier_key, note"
+)
 
 
 def _varint(n: int) -> bytes:
@@ -152,8 +155,7 @@ class TreeStore:
         """Every checkpoint of one log or all, in the order they were made."""
         where = "WHERE log = {log:String}" if log is not None else ""
         rows = self._engine.query(
-            "SELECT log, tree_size, root_hash, toUnixTimestamp64Milli(created_at) AS created_ms, key_id, "
-            f"verifier_key, note FROM {self._db}.checkpoints {where} ORDER BY log, tree_size, created_at",
+            f"SELECT {_CHECKPOINT} FROM {self._db}.checkpoints {where} ORDER BY log, tree_size, created_at",
             params={"log": log} if log is not None else None,
         )
         return [self._checkpoint(r) for r in rows]
@@ -172,8 +174,7 @@ class TreeStore:
 
     def _latest_checkpoint(self, log: str) -> StoredCheckpoint | None:
         rows = self._engine.query(
-            "SELECT log, tree_size, root_hash, toUnixTimestamp64Milli(created_at) AS created_ms, key_id, "
-            f"verifier_key, note FROM {self._db}.checkpoints WHERE log = {{log:String}} "
+            f"SELECT {_CHECKPOINT} FROM {self._db}.checkpoints WHERE log = {{log:String}} "
             "ORDER BY tree_size DESC, created_at DESC LIMIT 1",
             params={"log": log},
         )

@@ -227,8 +227,7 @@ class EventWriter:
                     event_id, digest = row["event_id"], int(row["content_hash"])
                     known = stored.get(event_id)
                     if known is None:
-                        topic = row["kafka_topic"]
-                        row["log"] = f"{topic}/{row['kafka_partition']}" if topic else LOCAL_LOG
+                        row["log"] = log_of(row)
                         stored[event_id] = {digest: (row["log"], -1)}
                         firsts[event_id] = row
                         fresh.append(row)

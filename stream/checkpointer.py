@@ -92,9 +92,11 @@ class Made:
     verifier_key: str
 
 
-def _safe(log_name: str) -> Path:
+def anchor_folder(anchor_dir: Path, log_name: str) -> Path:
+    """Where a log's checkpoint files are kept: `<dir>/logs/<log>` (a partition's log is a
+    folder per topic), never outside `<dir>/logs`."""
     parts = [p for p in log_name.split("/") if p not in ("", ".", "..")]
-    return Path(*parts) if parts else Path("_")
+    return anchor_dir / "logs" / (Path(*parts) if parts else Path("_"))
 
 
 class Checkpointer:
@@ -202,7 +204,7 @@ class Checkpointer:
     def _anchor_file(self, made: Made) -> None:
         if self._anchor is None:
             return
-        folder = self._anchor / "logs" / _safe(made.log)
+        folder = anchor_folder(self._anchor, made.log)
         folder.mkdir(parents=True, exist_ok=True)
         kept = folder / f"{made.checkpoint.size:012d}-{made.checkpoint.time_ms}.checkpoint"
         for path in (kept, folder / "checkpoint"):
