@@ -74,8 +74,8 @@ _ENTITY_INDEX_VIEW = (
 # Every event_id stored, whatever its time, ordered by id: the writer's "stored before?"
 # is a primary-key lookup however old the first copy (audit_events is ordered by time,
 # where an id alone could only be found by a bloom filter over every partition). Filled by
-# ClickHouse in the insert into audit_events, like the entity index, so a row and its key
-# cannot be written apart by a crash between two inserts of ours.
+# ClickHouse in the insert into audit_events, like the entity index: one insert of ours,
+# whose parts a crash can still tear apart (VIEW_REPAIRS below mends them).
 # With the row's place in the tree, so that a duplicate is published with the position of
 # the copy on record.
 _EVENT_KEYS = """
@@ -107,8 +107,9 @@ _EVENT_KEYS_VIEW_V7 = (
 
 # The Merkle tree of every log (producers.contract.tlog.merkle): the hash of every perfect
 # subtree, by (log, level, index). Level 0, the leaves, is filled by ClickHouse in the
-# insert into audit_events, like the event keys, so a row is never stored outside the tree
-# nor a leaf without its row; the levels above are written by the checkpointer before it
+# insert into audit_events, like the event keys (a leaf is never committed without its
+# row, and a row a crash left without its leaf gets it back: VIEW_REPAIRS); the levels
+# above are written by the checkpointer before it
 # signs a checkpoint over them. No TTL: a leaf outlives its row, so a tree whose old rows
 # expired still verifies. A MergeTree, not a Replacing one: two leaves at one position are
 # evidence (`auditlog verify` reports them), not something a merge may quietly fold.
@@ -137,6 +138,68 @@ _MERKLE_LEAVES_VIEW = (
     f"FROM (SELECT log, leaf_index, event_id, occurred_at, {body_sql()} AS body FROM {{db}}.audit_events "
     "WHERE log != '')\n"
 )
+# What the three views above write for a log's rows from one position on (and at listed
+# positions), wherever they have not written it. An insert commits the row's part first and
+# its views' parts after it (a failing view leaves the row stored), so a crash or a failed
+# view in between leaves a row without its key, its leaf or its entity index rows; its event
+# comes again, and would then be stored twice (no key) or never become a leaf (no leaf). The
+# writer runs these before it next writes the log (`storage.writer`), so the rows on record
+# are whole again before any id is looked up or any position given out.
+# A torn insert is one chunk of one writer (`StoreSettings.insert_chunk_rows`, at most
+# REPAIR_SPAN rows): its rows are at most REPAIR_SPAN positions below the head of the
+# leaves, above it, or at the positions below it that have no leaf.
+REPAIR_SPAN = 50_000
+_WINDOW = "log = {log:String} AND (leaf_index >= {since:UInt64} OR has({at:Array(UInt64)}, leaf_index))"
+_WINDOW_IDS = "(SELECT event_id FROM {db}.audit_events WHERE " + _WINDOW + ")"
+# The entity index is ordered by entity, then time: the window's times bound what is read.
+_WINDOW_TIMES = (
+    f"occurred_at BETWEEN (SELECT min(occurred_at) FROM {{db}}.audit_events WHERE {_WINDOW}) "
+    f"AND (SELECT max(occurred_at) FROM {{db}}.audit_events WHERE {_WINDOW})"
+)
+
+
+def _repair(target: str, columns: str, select: str, *, missing: str = "1", kept: str = "1") -> str:
+    """`select` (a view's) over the rows of the window that `missing` keeps, less what `kept` drops."""
+    rows = f"(SELECT * FROM {{db}}.audit_events WHERE {_WINDOW} AND {missing})"
+    windowed = select.replace("FROM {db}.audit_events", "FROM " + rows)
+    return f"INSERT INTO {{db}}.{target} ({columns}) SELECT {columns} FROM ({windowed}) WHERE {kept}"
+
+
+VIEW_REPAIRS = {
+    "leaves": _repair(
+        "merkle_nodes",
+        "log, level, idx, hash, event_id, occurred_at, body",
+        _MERKLE_LEAVES_VIEW.split(" AS\n", 1)[1],
+        missing="leaf_index NOT IN (SELECT idx FROM {db}.merkle_nodes WHERE log = {log:String} AND level = 0 "
+        "AND (idx >= {since:UInt64} OR has({at:Array(UInt64)}, idx)))",
+    ),
+    "keys": _repair(
+        "event_keys",
+        "event_id, content_hash, occurred_at, log, leaf_index",
+        _EVENT_KEYS_SELECT,
+        missing="(event_id, content_hash) NOT IN (SELECT event_id, content_hash FROM {db}.event_keys "
+        f"WHERE event_id IN {_WINDOW_IDS})",
+    ),
+    "entities": _repair(
+        "audit_entity_index",
+        f"entity_key, {_key_list}",
+        _ENTITY_INDEX_SELECT,
+        kept="(entity_key, event_id) NOT IN (SELECT entity_key, event_id FROM {db}.audit_entity_index "
+        f"WHERE {_WINDOW_TIMES} AND event_id IN {_WINDOW_IDS})",
+    ),
+}
+# What each view holds of the window against what it should hold: a repair runs only where
+# one falls short (a first write of a log in a process reads these, not the repairs).
+TORN_COUNTS = (
+    f"SELECT (SELECT count() FROM {{db}}.audit_events WHERE {_WINDOW}) AS rows, "
+    f"(SELECT sum(length(entity_keys)) FROM {{db}}.audit_events WHERE {_WINDOW}) AS entity_rows, "
+    "(SELECT count() FROM {db}.merkle_nodes WHERE log = {log:String} AND level = 0 "
+    "AND (idx >= {since:UInt64} OR has({at:Array(UInt64)}, idx))) AS leaves, "
+    f"(SELECT uniqExact(event_id) FROM {{db}}.event_keys WHERE {_WINDOW}) AS keys, "
+    f"(SELECT count() FROM {{db}}.audit_entity_index WHERE {_WINDOW_TIMES} AND event_id IN {_WINDOW_IDS}) "
+    "AS entities"
+)
+
 # When the tree began and how many rows were stored before it, in no log: `auditlog verify`
 # tells those from a row put in no log since (inserted). Empty on a store made with the tree.
 _TREE_EPOCH = """

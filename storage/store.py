@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from producers.contract.directory import Directories, Directory, DirectorySnapshot
 from storage.dead_letter_reader import DeadLetterReader
 from storage.engine import ChdbEngine, Engine, ServerEngine
-from storage.migrations import check_identifier, migrate
+from storage.migrations import REPAIR_SPAN, check_identifier, migrate
 from storage.reader import EventReader, ReadLimits
 from storage.tree import TreeStore
 from storage.writer import EventWriter
@@ -38,7 +38,9 @@ class StoreSettings(BaseSettings):
         default="", repr=False, description="clickhouse://user:password@host:8123/ for engine=clickhouse"
     )
     database: str = "auditlog"
-    insert_chunk_rows: int = Field(default=50_000, ge=1)
+    insert_chunk_rows: int = Field(
+        default=50_000, ge=1, le=REPAIR_SPAN, description="rows per insert (a crash tears at most one)"
+    )
     read_connections: int = Field(
         default=4, ge=1, le=64, description="chDB: reads that may run at once (each on its own connection)"
     )

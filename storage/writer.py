@@ -36,6 +36,13 @@ leaf; a duplicate is given the position of the copy on record, for the SIEM stre
 The next index of a log is kept per store and process, and checked against the
 tree before each insert: a store written meanwhile by another process (a rebalance
 on a server) is read again instead of reusing its positions.
+
+An insert commits the row's part before its views' parts (event key, leaf, entity
+index). A crash between them, or a view that fails (chDB's streaming insert does not
+even report it), leaves rows without those parts; their events come again, and a row
+without its key would be stored twice, one without its leaf never signed. So the
+first write of a log in a process, and the next write after a torn insert, first
+mend the newest rows of that log from the rows themselves (`_open`).
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from dataclasses import dataclass
 import orjson
 
 from storage.engine import Engine
-from storage.migrations import check_identifier
+from storage.migrations import REPAIR_SPAN, TORN_COUNTS, VIEW_REPAIRS, check_identifier
 from storage.record import COLUMN_NAMES, Row
 
 DEFAULT_CHUNK_ROWS = 50_000
@@ -129,10 +136,12 @@ def log_of(row: Row) -> str:
 @dataclass
 class _StoreState:
     """Shared by the writers of one store in this process: the lock, the next leaf index of
-    each log, and the positions a crash left without a leaf, given out first."""
+    each log, where the last insert into it began, and the positions a crash left without
+    a leaf, given out first."""
 
     lock: threading.Lock
     heads: dict[str, int]
+    since: dict[str, int]
     free: dict[str, list[int]]
 
 
@@ -142,16 +151,20 @@ _STATES_GUARD = threading.Lock()
 
 def _store_state(engine: Engine, database: str) -> _StoreState:
     with _STATES_GUARD:
-        return _STATES.setdefault((id(engine), database), _StoreState(threading.Lock(), {}, {}))
+        return _STATES.setdefault((id(engine), database), _StoreState(threading.Lock(), {}, {}, {}))
 
 
 class EventWriter:
     def __init__(self, engine: Engine, *, database: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         self._engine = engine
         self._db = check_identifier(database)
+        if not 0 < chunk_rows <= REPAIR_SPAN:
+            raise ValueError(
+                f"chunk_rows must be 1 to {REPAIR_SPAN}: a torn insert is mended within that span"
+            )
         self._chunk_rows = chunk_rows
         state = _store_state(engine, self._db)
-        self._lock, self._heads, self._free = state.lock, state.heads, state.free
+        self._lock, self._heads, self._since, self._free = state.lock, state.heads, state.since, state.free
 
     def _stored_hashes(self, rows: Sequence[Row]) -> dict[str, dict[int, tuple[str, int]]]:
         """Per stored id of these rows: each content hash on record, with its position."""
@@ -166,34 +179,66 @@ class EventWriter:
             stored.setdefault(r["id"], {})[int(r["hash"])] = (r["log"], int(r["idx"]))
         return stored
 
-    def _next_indexes(self, logs: set[str]) -> dict[str, int]:
-        """The next leaf index of each log: cached, unless the tree has grown past the cache."""
-        heads = self._heads
-        known = sorted(log for log in logs if log in heads)
+    def _open(self, logs: set[str]) -> None:
+        """Make sure the next leaf index of each log is known and the rows on record are whole,
+        before any id is looked up or position given out.
+
+        A log this process has not written yet is mended first: the rows a crash or a failed
+        view tore from their keys, leaves or index rows get them back
+        (`migrations.VIEW_REPAIRS`). A log it has written is checked in one query: its last
+        insert's leaves all there (chDB's streaming insert does not report a view that failed:
+        tested), and no leaf past the head (another process wrote it: a rebalance on a server).
+        Either way it is read again and mended."""
+        known = sorted(log for log in logs if log in self._heads)
         if known:
-            taken = self._engine.query(
-                f"SELECT DISTINCT log FROM {self._db}.merkle_nodes WHERE level = 0 "
-                "AND (log, idx) IN {heads:Array(Tuple(String, UInt64))}",
-                params={"heads": [(log, heads[log]) for log in known]},
+            clauses = " OR ".join(
+                f"(log = {{l{i}:String}} AND idx >= {{s{i}:UInt64}})" for i in range(len(known))
             )
-            for r in taken:
-                del heads[r["log"]]
-        unknown = sorted(log for log in logs if log not in heads)
-        if unknown:
-            found = self._engine.query(
-                f"SELECT log, max(idx) + 1 AS next, uniqExact(idx) AS n FROM {self._db}.merkle_nodes "
-                "WHERE level = 0 AND log IN {logs:Array(String)} GROUP BY log",
-                params={"logs": unknown},
-            )
-            heads.update(dict.fromkeys(unknown, 0))
-            for r in found:
-                heads[r["log"]] = int(r["next"])
-                self._free[r["log"]] = self._gaps(r["log"]) if int(r["n"]) < int(r["next"]) else []
-        return {log: heads[log] for log in logs}
+            params: dict[str, object] = {}
+            for i, log in enumerate(known):
+                params[f"l{i}"], params[f"s{i}"] = log, self._since.get(log, self._heads[log])
+            found = {
+                r["log"]: (int(r["next"]), int(r["n"]))
+                for r in self._engine.query(
+                    f"SELECT log, max(idx) + 1 AS next, count() AS n FROM {self._db}.merkle_nodes "
+                    f"WHERE level = 0 AND ({clauses}) GROUP BY log",
+                    params=params,
+                )
+            }
+            for log in known:
+                head, since = self._heads[log], self._since.get(log, self._heads[log])
+                nxt, n = found.get(log, (since, 0))
+                if nxt > head or n < head - since:
+                    del self._heads[log]
+        for log in sorted(log for log in logs if log not in self._heads):
+            head, gaps = self._leaf_head(log)
+            params = {"log": log, "since": max(0, head - REPAIR_SPAN), "at": gaps}
+            [held] = self._engine.query(TORN_COUNTS.replace("{db}", self._db), params=params)
+            rows, entity_rows = int(held["rows"]), int(held["entity_rows"])
+            torn = [
+                view
+                for view, due in (("leaves", rows), ("keys", rows), ("entities", entity_rows))
+                if int(held[view]) < due
+            ]
+            for view in torn:
+                self._engine.command(VIEW_REPAIRS[view].replace("{db}", self._db), params=params)
+            self._heads[log], self._free[log] = self._leaf_head(log) if torn else (head, gaps)
+            self._since.pop(log, None)
+
+    def _leaf_head(self, log: str) -> tuple[int, list[int]]:
+        [found] = self._engine.query(
+            "SELECT max(idx) + 1 AS next, uniqExact(idx) AS n, count() AS leaves "
+            f"FROM {self._db}.merkle_nodes WHERE level = 0 AND log = {{log:String}}",
+            params={"log": log},
+        )
+        if not int(found["leaves"]):
+            return 0, []
+        head = int(found["next"])
+        return head, self._gaps(log) if int(found["n"]) < head else []
 
     def _gaps(self, log: str) -> list[int]:
-        """Positions below the head without a leaf: a crash committed part of an insert (its
-        partitions, or the row without its view's part). The events of the missing rows come
+        """Positions below the head without a row or a leaf: a crash committed part of an insert
+        (its rows of one month, not of another). The events of the missing rows come
         again (their offsets were not committed) and fill these first, so that the tree,
         which signs only a gapless prefix, can grow past them."""
         found = self._engine.query(
@@ -219,6 +264,7 @@ class EventWriter:
         with self._lock:
             for start in range(0, len(rows), self._chunk_rows):
                 chunk = rows[start : start + self._chunk_rows]
+                self._open({log_of(row) for row in chunk})
                 stored = self._stored_hashes(chunk)
                 fresh = []
                 copies: list[tuple[Row, Row]] = []  # (a duplicate within the batch, its first copy)
@@ -242,7 +288,8 @@ class EventWriter:
                     else:
                         conflicts.append(Conflict(row, min(known)))
                 if fresh:
-                    heads = self._next_indexes({row["log"] for row in fresh})
+                    heads = {log: self._heads[log] for log in {row["log"] for row in fresh}}
+                    before = dict(heads)
                     taken: dict[str, int] = {}
                     if any(self._free.get(log) for log in heads):
                         for row in fresh:
@@ -268,8 +315,16 @@ class EventWriter:
                     # One JSON array, which JSONEachRow also reads: one orjson call for the
                     # chunk instead of one per row (0.9 against 6.8 us per row, measured).
                     data = orjson.dumps(fresh)
-                    self._engine.insert_json(f"{self._db}.audit_events", columns=COLUMN_NAMES, data=data)
+                    try:
+                        self._engine.insert_json(f"{self._db}.audit_events", columns=COLUMN_NAMES, data=data)
+                    except BaseException:
+                        # Some of its parts may be committed: the next write mends them first.
+                        for log in heads:
+                            self._heads.pop(log, None)
+                            self._since.pop(log, None)
+                        raise
                     self._heads.update(heads)
+                    self._since.update(before)
                     for log, used in taken.items():
                         del self._free[log][:used]
                     inserted += len(fresh)
