@@ -21,6 +21,8 @@ from storage.migrations import check_identifier
 _LEAF = struct.Struct("<Q32s")
 _ROW_CHECK = struct.Struct("<I B Q 16s 32s B Q 16s 32s q 32s")
 _EMPTY_UUID = b"\x00" * 16
+# A stored subtree above the leaves: level, index, hash, and an empty event id and time.
+_NODE = struct.Struct("<BQ32s16sq")
 _NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
 LEAF_PAGE = 1_000_000
 _CACHED_LEVEL = 4
@@ -127,12 +129,8 @@ class TreeStore:
     def put_nodes(self, log: str, nodes: Sequence[tuple[int, int, bytes]]) -> None:
         """Keep perfect subtrees above the leaves (levels >= 1): idempotent in content, a rerun
         after a crash writes the same hashes again."""
-        head = _varint(len(log.encode())) + log.encode()
-        data = b"".join(
-            head + struct.pack("<BQ32s16s", level, idx, h, _EMPTY_UUID) + struct.pack("<q", 0)
-            for level, idx, h in nodes
-            if level > 0
-        )
+        head, pack = _varint(len(log.encode())) + log.encode(), _NODE.pack
+        data = b"".join(head + pack(level, idx, h, _EMPTY_UUID, 0) for level, idx, h in nodes if level > 0)
         if data:
             self._engine.insert_binary(
                 f"{self._db}.merkle_nodes",

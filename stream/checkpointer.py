@@ -156,19 +156,22 @@ class Checkpointer:
                     f"{missing[:4]}: run `auditlog verify --log {log_name}`"
                 )
             frontier = Frontier(start, [stored[c] for c in coords])
-            completed: list[tuple[int, int, bytes]] = []
+            fresh: list[bytes] = []
             for index, leaf in self._tree.leaves(log_name, start):
-                if index == frontier.size - 1:
+                head = start + len(fresh)
+                if index == head - 1:
                     continue  # two leaves at one position: `auditlog verify` names them
-                if index != frontier.size:
+                if index != head:
                     # A crash committed part of an insert: the writer gives these positions to
                     # the events that come again, and signing resumes past them then.
                     log.error(
                         "log %s: positions %d to %d have no leaf yet; checkpoints stop before them",
-                        log_name, frontier.size, index - 1,
+                        log_name, head, index - 1,
                     )  # fmt: skip
                     break
-                frontier.append(leaf, completed)
+                fresh.append(leaf)
+            completed: list[tuple[int, int, bytes]] = []
+            frontier.extend(fresh, completed)
             if frontier.size == start and not force and last is not None:
                 return None
             if frontier.size == 0 and last is None and not force:

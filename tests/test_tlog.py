@@ -101,6 +101,24 @@ def test_proofs_at_every_size_against_the_recursive_model() -> None:
                 assert not merkle.verify_consistency(old, size, merkle.leaf_hash(b"x"), root, proof)
 
 
+def test_extending_a_frontier_is_appending_its_leaves_one_by_one() -> None:
+    leaves = [merkle.leaf_hash(i.to_bytes(2, "big")) for i in range(300)]
+    for size in (0, 1, 2, 3, 7, 8, 9, 16, 31, 100):
+        for n in (0, 1, 2, 5, 8, 33, 64, 199):
+            one, many = merkle.Frontier(), merkle.Frontier()
+            for leaf in leaves[:size]:
+                one.append(leaf)
+                many.append(leaf)
+            by_one: list[tuple[int, int, bytes]] = []
+            at_once: list[tuple[int, int, bytes]] = []
+            for leaf in leaves[size : size + n]:
+                one.append(leaf, by_one)
+            many.extend(leaves[size : size + n], at_once)
+            assert (many.size, many.hashes) == (one.size, one.hashes)
+            assert many.root() == _mth(leaves[: size + n])
+            assert sorted(at_once) == sorted(c for c in by_one if c[0] > 0)
+
+
 def test_signed_note_interoperates_with_the_go_reference() -> None:
     # golang.org/x/mod/sumdb/note's example, signed by its published key.
     verifier = Verifier.parse("PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
