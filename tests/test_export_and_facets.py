@@ -206,3 +206,42 @@ def test_every_read_is_recorded_and_visible_to_infrastructure_managers(store: St
     assert all(r["target"] == {"kind": "infrastructure", "id": "acme", "name": None} for r in by_dev)
     # The developer may not read who read the audit log.
     assert client.get("/v1/events?q=action:audit_log.*", headers=dev).json()["items"] == []
+
+
+def test_parquet_export_is_one_typed_file_in_scope(store: Store) -> None:
+    from datetime import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _seed_sql(store, 1300)
+    client, admin, dev, _ = _client(store, audit_reads=False, export_chunk_rows=250)
+    with client.stream("GET", "/v1/events/export?format=parquet", headers=admin) as r:
+        assert r.headers["content-type"] == "application/vnd.apache.parquet"
+        assert r.headers["content-disposition"].endswith('.parquet"')
+        parts = list(r.iter_bytes())
+    assert len(parts) > 1  # streamed: row groups leave as they are written
+    data = b"".join(parts)
+    table = pq.read_table(io.BytesIO(data))
+    assert table.num_rows == 1300
+    assert pq.ParquetFile(io.BytesIO(data)).metadata.num_row_groups == 6  # one per chunk of 250
+    assert table.schema.field("occurred_at").type == pa.timestamp("ms", tz="UTC")
+    rows = table.to_pylist()
+    api = client.get("/v1/events?limit=1000", headers=admin).json()["items"]
+    first, listed = rows[0], api[0]
+    assert first["event_id"] == listed["event_id"]
+    assert first["occurred_at"] == datetime.fromisoformat(listed["occurred_at"])
+    assert first["actor"] == listed["actor"] and first["target"] == listed["target"]
+    assert [
+        {**c, "old": orjson.loads(c["old"]), "new": orjson.loads(c["new"])} for c in first["changes"]
+    ] == (listed["changes"])
+    assert orjson.loads(first["details"]) == listed["details"]
+    times = [row["occurred_at"] for row in rows]
+    assert times == sorted(times, reverse=True)
+    # The developer's file holds what the developer may read, and nothing else.
+    mine = pq.read_table(io.BytesIO(client.get("/v1/events/export?format=parquet", headers=dev).content))
+    assert mine.num_rows == sum(1 for n in range(1300) if n % 3 != 2 and n % 20 == 7) > 0
+    assert set(mine.column("target").combine_chunks().field("id").to_pylist()) == {"app-7"}
+    empty = client.get("/v1/events/export?format=parquet&q=action:nothing.here", headers=admin).content
+    assert pq.read_table(io.BytesIO(empty)).num_rows == 0
+    assert client.get("/v1/events/export?format=parquet&proofs=true", headers=admin).status_code == 422
