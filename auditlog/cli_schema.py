@@ -4,6 +4,7 @@
     auditlog schema --cluster audit > cluster.sql     # Replicated + Distributed, ON CLUSTER audit
     auditlog schema --cluster audit --apply           # run it through AUDITLOG_STORE_URL
     auditlog schema --cluster audit --check --wait 600  # exit 0 once every table exists as expected
+    auditlog schema --describe                        # the analyst views' data dictionary
 
 The statements come from `storage.cluster_ddl` (generated from `storage.migrations`).
 """
@@ -14,6 +15,7 @@ import argparse
 import sys
 import time
 
+from storage.analyst_view import describe
 from storage.cluster_ddl import DEFAULT_SHARD_KEY, Statement, render, statements
 from storage.engine import Engine, StoreError
 from storage.migrations import MIGRATIONS
@@ -46,6 +48,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--apply", action="store_true", help="run the statements against the store (AUDITLOG_STORE_*)"
+    )
+    mode.add_argument(
+        "--describe",
+        action="store_true",
+        help="print the data dictionary of the analyst views (Markdown): every column and its meaning",
     )
     mode.add_argument(
         "--check",
@@ -134,6 +141,9 @@ def _check(settings: StoreSettings, database: str, stmts: list[Statement], wait_
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.describe:
+        sys.stdout.write(describe())
+        return 0
     settings = StoreSettings()
     database = args.database or settings.database
     try:

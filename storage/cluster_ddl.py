@@ -14,6 +14,8 @@ Cluster (`cluster=NAME`), every statement `ON CLUSTER NAME`:
 * The materialized view that fills the entity index reads each shard's
   `audit_events_local` and writes that shard's `audit_entity_index_local`: an
   event's entity rows live on the event's shard, written in the same insert.
+* The analysts' views (plain views) read the Distributed tables, so a query of one
+  reads every shard.
 * The small tables the API reads on every request (`directory_entities`,
   `api_keys`, `schema_migrations`) are replicated to *every* node (one
   ZooKeeper path without `{shard}`, so `{replica}` must be unique cluster-wide):
@@ -107,6 +109,10 @@ _CREATE_TABLE = re.compile(
 _CREATE_VIEW = re.compile(
     r"^\s*CREATE MATERIALIZED VIEW IF NOT EXISTS \{db\}\.(?P<name>\w+) TO \{db\}\.(?P<target>\w+) AS\s+"
     r"(?P<select>.*?)\s*$",
+    re.DOTALL,
+)
+_CREATE_PLAIN_VIEW = re.compile(
+    r"^\s*CREATE (?:OR REPLACE VIEW|VIEW IF NOT EXISTS) \{db\}\.(?P<name>\w+) AS\s+(?P<select>.*?)\s*$",
     re.DOTALL,
 )
 _DB_REF = re.compile(r"\{db\}\.(\w+)")
@@ -237,6 +243,8 @@ def _single(stmt: str, db: str) -> Statement:
         return Statement("table", m["name"], sql, m["engine"])
     if m := _CREATE_VIEW.match(stmt):
         return Statement("view", m["name"], sql, "MaterializedView")
+    if m := _CREATE_PLAIN_VIEW.match(stmt):
+        return Statement("view", m["name"], sql, "View")
     raise ValueError(f"unsupported migration statement: {stmt.strip()[:80]!r}")
 
 
@@ -301,6 +309,10 @@ def statements(
                 out.extend(_cluster_table(stmt, m, db=db, cluster=cluster, shard_key=shard_key))
             elif m := _CREATE_VIEW.match(stmt):
                 out.append(_cluster_view(m, db=db, cluster=cluster))
+            elif m := _CREATE_PLAIN_VIEW.match(stmt):
+                # A query's view runs where it is asked, over the Distributed tables: every shard.
+                sql = f"CREATE VIEW IF NOT EXISTS {db}.{m['name']} ON CLUSTER {cluster} AS\n{m['select']}"
+                out.append(Statement("view", m["name"], sql.replace("{db}", db), "View"))
             else:
                 raise ValueError(f"cannot translate migration statement for a cluster: {stmt.strip()[:80]!r}")
     if migrations:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from storage.analyst_view import view_statements
 from storage.engine import Engine
 from storage.leaf_sql import body_sql, leaf_hash_of_sql
 from storage.record import COLUMNS, KEY_COLUMNS
@@ -264,6 +265,11 @@ _SOLE_INFRASTRUCTURE = (
 )
 _SYNC = " SETTINGS mutations_sync = 2"
 
+# The analysts' views, from `analyst_view.COLUMNS`. A store migrated keeps the views it was
+# given: a later change of the columns needs a migration of its own that replaces them
+# (`view_statements(replace=True)`).
+_ANALYST_VIEWS = view_statements()
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -460,6 +466,7 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
         "merkle_tree",
         (_MERKLE_NODES, _MERKLE_LEAVES_VIEW, _CHECKPOINTS, _TREE_EPOCH),
     ),
+    Migration(11, "analyst_views", _ANALYST_VIEWS),
 )
 
 
