@@ -34,7 +34,7 @@ def inclusion(tree: TreeStore, rows: Sequence[dict[str, Any]]) -> list[dict[str,
             continue
         wanted = [i for i in members if int(rows[i]["leaf_index"]) < newest.size]
         ranges = {i: merkle.inclusion_ranges(int(rows[i]["leaf_index"]), newest.size) for i in wanted}
-        nodes = tree.nodes(log, merkle.coords_for(r for rs in ranges.values() for r in rs))
+        nodes = tree.proof_nodes(log, merkle.coords_for(r for rs in ranges.values() for r in rs))
         for i in wanted:
             row = rows[i]
             out[i] = {

@@ -148,7 +148,7 @@ def consistency(
                 detail=f"need 1 <= first <= second <= {newest.size if newest else 0} (the newest checkpoint "
                 f"of log {log!r})",
             )
-        proof = merkle.prove_consistency(first, second, lambda coords: tree.nodes(log, coords))
+        proof = merkle.prove_consistency(first, second, lambda coords: tree.proof_nodes(log, coords))
     record_task(
         request, services, caller, "audit_log.read", ("infrastructure", caller.infrastructure),
         {"view": "consistency", "log": log, "first": first, "second": second},

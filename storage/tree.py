@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from producers.contract.tlog import merkle
 from producers.contract.tlog.merkle import Coord
 from storage.engine import Engine
 from storage.leaf_sql import leaf_hash_sql
@@ -125,6 +126,39 @@ class TreeStore:
             if level >= _CACHED_LEVEL:
                 self._high[(log, (level, idx))] = h
         return found
+
+    def proof_nodes(self, log: str, coords: Iterable[Coord]) -> dict[Coord, bytes]:
+        """The perfect subtrees at `coords`, for a proof: those of levels 1 to 3 hashed from their
+        leaves (read as the aligned blocks of 16 that hold them), so that a proof's four low
+        nodes are one granule read, not four; the rest as `nodes` has them."""
+        wanted = sorted(set(coords))
+        found = {c: self._high[(log, c)] for c in wanted if (log, c) in self._high}
+        missing = [c for c in wanted if c not in found]
+        if not missing:
+            return found
+        low = [(level, idx) for level, idx in missing if 0 < level < _CACHED_LEVEL]
+        direct = [c for c in missing if not 0 < c[0] < _CACHED_LEVEL]
+        blocks = sorted({(idx << level) >> _CACHED_LEVEL for level, idx in low})
+        data = self._engine.query_binary(
+            f"SELECT level, idx, any(hash) FROM {self._db}.merkle_nodes WHERE log = {{log:String}} "
+            "AND ((level, idx) IN {coords:Array(Tuple(UInt8, UInt64))} "
+            f"OR (level = 0 AND intDiv(idx, {1 << _CACHED_LEVEL}) IN {{blocks:Array(UInt64)}})) "
+            "GROUP BY level, idx",
+            params={"log": log, "coords": direct, "blocks": blocks},
+        )
+        leaves: dict[int, bytes] = {}
+        for level, idx, h in struct.iter_unpack("<BQ32s", data):
+            if level == 0:
+                leaves[idx] = h
+            if (level, idx) in direct or level >= _CACHED_LEVEL:
+                found[(level, idx)] = h
+            if level >= _CACHED_LEVEL:
+                self._high[(log, (level, idx))] = h
+        for level, idx in low:
+            span = [leaves.get(i) for i in range(idx << level, (idx + 1) << level)]
+            if all(h is not None for h in span):
+                found[(level, idx)] = merkle.levels([h for h in span if h is not None])[level][0]
+        return {c: found[c] for c in wanted if c in found}
 
     def put_nodes(self, log: str, nodes: Sequence[tuple[int, int, bytes]]) -> None:
         """Keep perfect subtrees above the leaves (levels >= 1): idempotent in content, a rerun

@@ -544,3 +544,14 @@ def test_a_failed_view_is_mended_before_the_next_write(store: Store, signer: Sig
     [made] = _checkpointer(store, signer).run()
     assert made.checkpoint.size == 11
     assert _verify(store, signer).findings == []
+
+
+def test_proof_nodes_hashed_from_their_leaves_are_the_stored_ones(store: Store, signer: Signer) -> None:
+    _signed_store(store, signer, n=45)
+    coords = [(level, idx) for level in range(6) for idx in range(45 >> level)]
+    stored = store.tree.nodes("local", coords)
+    assert len(stored) == len(coords)
+    assert store.tree.proof_nodes("local", coords) == stored
+    # A low node whose leaves are not all there is not made up.
+    _sql(store, "ALTER TABLE {db}.merkle_nodes DELETE WHERE level = 0 AND idx = 5")
+    assert (2, 1) not in store.tree.proof_nodes("local", [(2, 1), (2, 0)])
