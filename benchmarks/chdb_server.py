@@ -64,6 +64,9 @@ class RecordingEngine:
     def query_binary(self, sql: str, *, params: Params | None = None) -> bytes:
         return self.inner.query_binary(sql, params=params)
 
+    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str) -> bytes:
+        return self.inner.query_raw(sql, params=params, fmt=fmt)
+
     def insert_binary(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
         self.inner.insert_binary(table, columns=columns, data=data)
 

@@ -39,3 +39,6 @@ class ApiSettings(BaseSettings):
         description="answer a read even when its record could not be written (default: refuse it, 503)",
     )
     export_chunk_rows: int = Field(default=5_000, ge=100, le=200_000, description="rows per export query")
+    sql_max_rows: int = Field(
+        default=100_000, ge=1, le=10_000_000, description="most rows one POST /v1/sql answer may hold"
+    )

@@ -184,16 +184,21 @@ _ENVIRONMENTS = (
 )
 
 
-def view_statements(*, replace: bool = False) -> tuple[str, ...]:
-    create = "CREATE OR REPLACE VIEW {db}." if replace else "CREATE VIEW IF NOT EXISTS {db}."
+def view_select(view: str, *, rows: str = "{db}.audit_events") -> str:
+    """The SELECT of one view over `rows` (the stored rows, or a caller's share of them)."""
+    where = VIEWS[view][0]
     select = ",\n    ".join(f"{c.sql} AS {c.name}" for c in COLUMNS)
-    return tuple(
-        f"{create}{name} AS\nSELECT\n    {select}\nFROM {{db}}.audit_events AS e\n"
+    return (
+        f"SELECT\n    {select}\nFROM {rows} AS e\n"
         f"LEFT JOIN {_ENVIRONMENTS} AS env\n"
         "ON env.infrastructure = e.infrastructure AND env.id = e.environment\n"
         f"WHERE {where}"
-        for name, (where, _) in VIEWS.items()
     )
+
+
+def view_statements(*, replace: bool = False) -> tuple[str, ...]:
+    create = "CREATE OR REPLACE VIEW {db}." if replace else "CREATE VIEW IF NOT EXISTS {db}."
+    return tuple(f"{create}{name} AS\n{view_select(name)}" for name in VIEWS)
 
 
 def _cell(text: str) -> str:

@@ -117,6 +117,10 @@ class Engine(Protocol):
         (the tree's hashes: 32 bytes a leaf, where JSON would spend 70 and a parse)."""
         ...
 
+    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str) -> bytes:
+        """The result as the bytes of one of ClickHouse's output formats (CSVWithNames, Parquet)."""
+        ...
+
     def insert_binary(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
         """Insert RowBinary data: raw bytes (a FixedString hash) that JSON cannot carry."""
         ...
@@ -215,10 +219,13 @@ class ChdbEngine:
         return _parse_json_each_row(result.bytes())
 
     def query_binary(self, sql: str, *, params: Params | None = None) -> bytes:
+        return self.query_raw(sql, params=params, fmt="RowBinary")
+
+    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str) -> bytes:
         bound = self._params(params)
         with self._reader() as conn:
             try:
-                return bytes(conn.query(sql, "RowBinary", params=bound).bytes())
+                return bytes(conn.query(sql, fmt, params=bound).bytes())
             except Exception as exc:
                 raise StoreError.from_exception(exc) from None
 
@@ -294,8 +301,11 @@ class ServerEngine:
         return _parse_json_each_row(bytes(data))
 
     def query_binary(self, sql: str, *, params: Params | None = None) -> bytes:
+        return self.query_raw(sql, params=params, fmt="RowBinary")
+
+    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str) -> bytes:
         try:
-            return bytes(self._client.raw_query(sql, parameters=dict(params or {}), fmt="RowBinary"))
+            return bytes(self._client.raw_query(sql, parameters=dict(params or {}), fmt=fmt))
         except Exception as exc:
             raise StoreError.from_exception(exc) from None
 

@@ -16,6 +16,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producers.contract.directory import Directories, Directory, DirectorySnapshot
+from storage.analyst_sql import AnalystSql
 from storage.dead_letter_reader import DeadLetterReader
 from storage.engine import ChdbEngine, Engine, ServerEngine
 from storage.migrations import REPAIR_SPAN, check_identifier, migrate
@@ -300,6 +301,7 @@ class Store:
         self.directory = DirectoryRepository(engine, self.database)
         self.keys = KeyRepository(engine, self.database)
         self.tree = TreeStore(engine, database=self.database)
+        self.analyst_sql = AnalystSql(engine, database=self.database, limits=read_limits or ReadLimits())
 
     @classmethod
     def open(cls, settings: StoreSettings | None = None) -> Store:

@@ -55,6 +55,9 @@ class FaultyEngine:
     def query_binary(self, sql: str, *, params: Params | None = None) -> bytes:
         return self._inner.query_binary(sql, params=params)
 
+    def query_raw(self, sql: str, *, params: Params | None = None, fmt: str) -> bytes:
+        return self._inner.query_raw(sql, params=params, fmt=fmt)
+
     def insert_binary(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
         self._inner.insert_binary(table, columns=columns, data=data)
 

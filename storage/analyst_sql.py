@@ -1,0 +1,163 @@
+"""An analyst's SELECT, run as the caller: over the analyst views cut to the caller's rows, nothing else.
+
+The query is checked by ClickHouse's own parser (`EXPLAIN AST`), never by a reading of the
+text of ours, on exactly the text that runs:
+
+    WITH analyst_events AS (<the view, over the caller's rows>),
+         analyst_log_reads AS (<likewise>)
+    SELECT * FROM (
+    <the query>
+    ) SETTINGS <limits>
+
+- The query must stay inside those parentheses: the tree of `SELECT * FROM (...)` must be one
+  SELECT over one subquery, so a `) UNION ALL (SELECT ...` or `) INTO OUTFILE` that breaks
+  out is refused, and a second statement, `FORMAT` or `INTO OUTFILE` inside is a syntax error.
+- Every table it names is unqualified: `analyst_events` and `analyst_log_reads` are then the
+  scoped CTEs above (ClickHouse resolves a CTE's name in every subquery, join, union and CTE
+  below it), a CTE of the query's own is itself made of those, and any other name is
+  looked up in the connection's current database, which must hold no table
+  (`ensure_sandbox`): it fails as unknown. No identifier may start with a database's name
+  (`system.tables`, `auditlog.audit_events`, `x IN system.users`).
+- No table function (`file`, `url`, `s3`, `remote`, `numbers`, ... : the server's own list),
+  no dictionary or join-table lookups, no `SETTINGS`, no query parameters.
+
+The time and memory limits are those of every read (`ReadLimits`); the result may hold
+`max_rows` rows, past which the query fails with the server's TOO_MANY_ROWS (396).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from producers.contract.permissions import ReadScope
+from storage.analyst_view import VIEWS, view_select
+from storage.engine import Engine, StoreError
+from storage.migrations import check_identifier
+from storage.reader import ReadLimits
+from storage.scope_predicate import scope_predicate
+
+MAX_QUERY_CHARS: Final = 20_000
+FORMATS: Final = {"json": "JSONEachRow", "csv": "CSVWithNames", "parquet": "Parquet"}
+# The head of the tree of `SELECT * FROM (<query>)`: one SELECT of `*` over one subquery.
+_FRAME: Final = (
+    "SelectWithUnionQuery (children 1)",
+    " ExpressionList (children 1)",
+    "  SelectQuery (children 2)",
+    "   ExpressionList (children 1)",
+    "    Asterisk",
+    "   TablesInSelectQuery (children 1)",
+    "    TablesInSelectQueryElement (children 1)",
+    "     TableExpression (children 1)",
+    "      Subquery (children 1)",
+)
+_INSIDE: Final = len(_FRAME[-1]) - len(_FRAME[-1].lstrip()) + 1
+_NODE = re.compile(r"^(?P<indent> *)(?P<kind>\w+)(?: (?P<name>[^ ]+))?")
+# Lookups of other stores by name, whatever the table function list says.
+_LOOKUPS: Final = ("dictget", "dicthas", "dictisin", "joinget")
+
+
+class SqlRefused(ValueError):
+    """The query is not one this endpoint runs; the message says why."""
+
+
+@dataclass(frozen=True)
+class SqlResult:
+    fmt: str
+    data: bytes
+
+
+class AnalystSql:
+    def __init__(self, engine: Engine, *, database: str, limits: ReadLimits) -> None:
+        self._engine = engine
+        self._db = check_identifier(database)
+        self._limits = limits
+        self._table_functions: frozenset[str] | None = None
+
+    def _catalogue(self) -> tuple[frozenset[str], frozenset[str]]:
+        # The databases as they are now (one may have been made since); the table functions
+        # are the server's build.
+        databases = frozenset(
+            r["name"].lower() for r in self._engine.query("SELECT name FROM system.databases")
+        )
+        if self._table_functions is None:
+            self._table_functions = frozenset(
+                r["name"].lower() for r in self._engine.query("SELECT name FROM system.table_functions")
+            )
+        return databases, self._table_functions
+
+    def ensure_sandbox(self) -> None:
+        """Unqualified names other than the views' must resolve to nothing."""
+        [row] = self._engine.query(
+            "SELECT currentDatabase() AS db, (SELECT count() FROM system.tables "
+            "WHERE database = currentDatabase()) AS tables"
+        )
+        if int(row["tables"]) or row["db"] == self._db:
+            raise StoreError(
+                f"the store connection's current database {row['db']!r} holds tables: analyst SQL "
+                "needs one without any (connect to the server's `default` database, empty)"
+            )
+
+    def check(self, query: str) -> None:
+        if not query.strip():
+            raise SqlRefused("the query is empty")
+        if len(query) > MAX_QUERY_CHARS:
+            raise SqlRefused(f"the query is longer than {MAX_QUERY_CHARS} characters")
+        try:
+            tree = self._engine.query_raw(f"EXPLAIN AST SELECT * FROM (\n{query}\n)", fmt="TSVRaw")
+        except StoreError as exc:
+            raise SqlRefused(f"not one SELECT ClickHouse can parse: {_server_message(exc)}") from None
+        lines = tree.decode().splitlines()
+        if tuple(lines[: len(_FRAME)]) != _FRAME:
+            raise SqlRefused("one SELECT only: the query must not reach outside its own parentheses")
+        databases, table_functions = self._catalogue()
+        for line in lines[len(_FRAME) :]:
+            node = _NODE.match(line)
+            if node is None:
+                continue
+            if len(node["indent"]) < _INSIDE:
+                raise SqlRefused("one SELECT only: the query must not reach outside its own parentheses")
+            kind, name = node["kind"], (node["name"] or "")
+            if kind == "Set":
+                raise SqlRefused("SETTINGS are not allowed: the limits are the server's")
+            if kind == "QueryParameter":
+                raise SqlRefused("query parameters ({name:Type}) are not allowed: write the values")
+            if kind == "Function" and (name.lower() in table_functions or name.lower().startswith(_LOOKUPS)):
+                raise SqlRefused(f"{name}(): only the analyst views can be read, not table functions")
+            if kind in ("Identifier", "TableIdentifier") and "." in name:
+                first = name.split(".", 1)[0]
+                if kind == "TableIdentifier" or first.lower() in databases:
+                    views = ", ".join(VIEWS)
+                    raise SqlRefused(f"{name}: only the analyst views can be read ({views}), unqualified")
+
+    def run(self, query: str, scope: ReadScope, *, fmt: str, max_rows: int) -> SqlResult:
+        """Check, then run the query over the caller's rows only."""
+        if fmt not in FORMATS:
+            raise SqlRefused(f"format {fmt!r}: one of {', '.join(FORMATS)}")
+        self.check(query)
+        self.ensure_sandbox()
+        where, params = scope_predicate(scope)
+        rows = f"(SELECT * FROM {self._db}.audit_events WHERE {where})"
+        ctes = ",\n".join(
+            f"{name} AS (\n{view_select(name, rows=rows).replace('{db}', self._db)}\n)" for name in VIEWS
+        )
+        # Numbers from typed settings, never from the request: SETTINGS takes no bound parameters.
+        settings = (
+            f"{self._limits.clause()}, max_result_rows = {int(max_rows)}, result_overflow_mode = 'throw'"
+        )
+        sql = f"WITH {ctes}\nSELECT * FROM (\n{query}\n)\nSETTINGS {settings}"
+        return SqlResult(fmt, self._engine.query_raw(sql, params=params, fmt=FORMATS[fmt]))
+
+
+def _server_message(exc: StoreError) -> str:
+    text = str(exc)
+    # "Code: 62. DB::Exception: Syntax error: ..." -> what follows the exception name.
+    text = text.split("DB::Exception: ", 1)[-1]
+    return text.split(" (version ", 1)[0][:500]
+
+
+def describe_error(exc: StoreError) -> dict[str, Any]:
+    """What a failed analyst query tells its author: the server's code and message (their own
+    query's problem: an unknown column, a type mismatch, a limit)."""
+    return {"code": exc.code, "detail": _server_message(exc)}
