@@ -18,8 +18,12 @@ text of ours, on exactly the text that runs:
   looked up in the connection's current database, which must hold no table
   (`ensure_sandbox`): it fails as unknown. No identifier may start with a database's name
   (`system.tables`, `auditlog.audit_events`, `x IN system.users`).
-- No table function (`file`, `url`, `s3`, `remote`, `numbers`, ... : the server's own list),
-  no dictionary or join-table lookups, no `SETTINGS`, no query parameters.
+- Only kinds of node that `EXPLAIN AST` prints with all their children (`_KINDS`): a
+  `* APPLY(f)` prints as a bare ColumnsApplyTransformer, hiding what it runs, so it is refused,
+  as is any kind not known to be transparent.
+- No table function (any function in a FROM clause), no function that reads outside the rows
+  (`file`, dictionary and join-table lookups, the server's settings and catalogue), no
+  `SETTINGS`, no query parameters.
 
 The time and memory limits are those of every read (`ReadLimits`); the result may hold
 `max_rows` rows, past which the query fails with the server's TOO_MANY_ROWS (396).
@@ -53,8 +57,64 @@ _FRAME: Final = (
     "      Subquery (children 1)",
 )
 _INSIDE: Final = len(_FRAME[-1]) - len(_FRAME[-1].lstrip()) + 1
-_NODE = re.compile(r"^(?P<indent> *)(?P<kind>\w+)(?: (?P<name>[^ ]+))?")
-# Lookups of other stores by name, whatever the table function list says.
+_NODE = re.compile(r"^(?P<indent> *)(?P<kind>[\w:]+)(?: (?P<name>[^ ]+))?")
+# The kinds of node a query may hold: those `EXPLAIN AST` prints with every child, so that
+# nothing it runs escapes this check. Any other kind is refused: `* APPLY(f)` prints as a bare
+# ColumnsApplyTransformer, hiding the function and any subquery it runs (found in review).
+_KINDS: Final = frozenset(
+    {
+        "ArrayJoin",
+        "Asterisk",
+        "ColumnsExceptTransformer",
+        "ColumnsListMatcher",
+        "ColumnsRegexpMatcher",
+        "ColumnsReplaceTransformer",
+        "ColumnsReplaceTransformer::Replacement",
+        "ColumnsTransformerList",
+        "ExpressionList",
+        "Function",
+        "Identifier",
+        "InterpolateElement",
+        "Literal",
+        "OrderByElement",
+        "QualifiedAsterisk",
+        "QualifiedColumnsListMatcher",
+        "QualifiedColumnsRegexpMatcher",
+        "SampleRatio",
+        "SelectIntersectExceptQuery",
+        "SelectQuery",
+        "SelectWithUnionQuery",
+        "Subquery",
+        "TableExpression",
+        "TableIdentifier",
+        "TableJoin",
+        "TablesInSelectQuery",
+        "TablesInSelectQueryElement",
+        "WindowDefinition",
+        "WithElement",
+    }
+)
+# Functions that read outside the rows given: files, other stores, the server's configuration
+# and catalogue. (A function in a FROM clause is a table function: refused whatever its name.)
+_OUTSIDE: Final = frozenset(
+    {
+        "file",
+        "getserversetting",
+        "getsetting",
+        "getsettingordefault",
+        "hascolumnintable",
+        "filesystemavailable",
+        "filesystemcapacity",
+        "filesystemunreserved",
+        "getmacro",
+        "serveruuid",
+        "currentprofiles",
+        "currentroles",
+        "enabledroles",
+        "defaultroles",
+        "getclienthttpheader",
+    }
+)
 _LOOKUPS: Final = ("dictget", "dicthas", "dictisin", "joinget")
 
 
@@ -105,26 +165,39 @@ class AnalystSql:
         if len(query) > MAX_QUERY_CHARS:
             raise SqlRefused(f"the query is longer than {MAX_QUERY_CHARS} characters")
         try:
-            tree = self._engine.query_raw(f"EXPLAIN AST SELECT * FROM (\n{query}\n)", fmt="TSVRaw")
+            # TSV: a literal's line breaks stay escaped, one node a line.
+            tree = self._engine.query_raw(f"EXPLAIN AST SELECT * FROM (\n{query}\n)", fmt="TSV")
         except StoreError as exc:
             raise SqlRefused(f"not one SELECT ClickHouse can parse: {_server_message(exc)}") from None
         lines = tree.decode().splitlines()
         if tuple(lines[: len(_FRAME)]) != _FRAME:
             raise SqlRefused("one SELECT only: the query must not reach outside its own parentheses")
         databases, table_functions = self._catalogue()
+        parents: list[tuple[int, str]] = []  # (indent, kind) of the nodes above this one
         for line in lines[len(_FRAME) :]:
             node = _NODE.match(line)
             if node is None:
-                continue
-            if len(node["indent"]) < _INSIDE:
+                raise SqlRefused(f"cannot check this part of the query: {line.strip()[:80]!r}")
+            depth, kind, name = len(node["indent"]), node["kind"], (node["name"] or "")
+            if depth < _INSIDE:
                 raise SqlRefused("one SELECT only: the query must not reach outside its own parentheses")
-            kind, name = node["kind"], (node["name"] or "")
+            while parents and parents[-1][0] >= depth:
+                parents.pop()
+            parent = parents[-1][1] if parents else ""
+            parents.append((depth, kind))
             if kind == "Set":
                 raise SqlRefused("SETTINGS are not allowed: the limits are the server's")
             if kind == "QueryParameter":
                 raise SqlRefused("query parameters ({name:Type}) are not allowed: write the values")
-            if kind == "Function" and (name.lower() in table_functions or name.lower().startswith(_LOOKUPS)):
-                raise SqlRefused(f"{name}(): only the analyst views can be read, not table functions")
+            if kind not in _KINDS:
+                raise SqlRefused(f"{kind} is not allowed in an analyst query")
+            lowered = name.lower()
+            if kind == "Function" and (
+                parent == "TableExpression" or lowered in _OUTSIDE or lowered.startswith(_LOOKUPS)
+            ):
+                if parent == "TableExpression" or lowered in table_functions:
+                    raise SqlRefused(f"{name}(): table functions are not allowed, only the analyst views")
+                raise SqlRefused(f"{name}() reads outside the analyst views: not allowed")
             if kind in ("Identifier", "TableIdentifier") and "." in name:
                 first = name.split(".", 1)[0]
                 if kind == "TableIdentifier" or first.lower() in databases:
@@ -159,5 +232,9 @@ def _server_message(exc: StoreError) -> str:
 
 def describe_error(exc: StoreError) -> dict[str, Any]:
     """What a failed analyst query tells its author: the server's code and message (their own
-    query's problem: an unknown column, a type mismatch, a limit)."""
+    query's problem: an unknown column, a type mismatch, a limit). An unknown table's message
+    names the store's real tables ("Maybe you meant ..."): it is replaced."""
+    if exc.code in (60, 81):
+        views = " and ".join(VIEWS)
+        return {"code": exc.code, "detail": f"unknown table: only {views} (or CTEs made of them) can be read"}
     return {"code": exc.code, "detail": _server_message(exc)}

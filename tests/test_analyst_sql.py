@@ -95,6 +95,10 @@ ANALYST_QUERIES = (
     "SELECT arrayJoin(groupArray(toString(event_id))) AS id FROM analyst_events",
     "SELECT toString(event_id) AS id FROM analyst_events "
     "WHERE target_id IN (SELECT target_id FROM analyst_events) -- a comment\n",
+    "SELECT id FROM (SELECT toString(event_id) AS id, format('{} did {}', actor_id, action) AS said "
+    "FROM analyst_events) WHERE said != ''",
+    "SELECT toString(event_id) AS id FROM analyst_events "
+    "INTERSECT SELECT toString(event_id) FROM analyst_events",
 )
 
 
@@ -139,6 +143,7 @@ HOSTILE = (
     ("SELECT * FROM `auditlog`.`audit_events`", "only the analyst views"),
     ("SELECT 1 WHERE 'x' IN system.users", "only the analyst views"),
     ("SELECT * FROM audit_events", "code 60"),  # unqualified: resolved nowhere
+    ("SELECT * FROM audit_events", "unknown table: only"),  # and no hint of the real tables
     (
         "SELECT * FROM analyst_events AS a JOIN auditlog.audit_events AS b ON a.event_id = b.event_id",
         "analyst",
@@ -153,7 +158,22 @@ HOSTILE = (
     ("SELECT * FROM numbers(10)", "table functions"),
     ("SELECT * FROM merge('auditlog', '.*')", "table functions"),
     ("SELECT * FROM view(SELECT * FROM auditlog.audit_events)", "table functions"),
-    ("SELECT dictGet('auditlog.d', 'x', 1)", "table functions"),
+    ("SELECT dictGet('auditlog.d', 'x', 1)", "reads outside"),
+    # Found in review: APPLY hid its function and subqueries from the parser's printed tree.
+    ("SELECT * APPLY(file) FROM (SELECT '/etc/passwd' AS p)", "ColumnsApplyTransformer is not allowed"),
+    (
+        "SELECT * APPLY(x -> (SELECT groupArray(tuple(*)) FROM auditlog.api_keys)) FROM (SELECT 1 AS p)",
+        "is not allowed",
+    ),
+    (
+        "SELECT * APPLY(x -> (SELECT count() FROM auditlog.audit_events)) FROM analyst_events",
+        "is not allowed",
+    ),
+    ("SELECT COLUMNS('.*') APPLY(toString) FROM analyst_events", "is not allowed"),
+    ("SELECT getServerSetting('path')", "reads outside"),
+    ("SELECT getSetting('max_result_rows')", "reads outside"),
+    ("SELECT hasColumnInTable('auditlog', 'api_keys', 'key_hash')", "reads outside"),
+    ("SELECT * FROM tables", "only analyst_events and analyst_log_reads"),
     ("SELECT * FROM analyst_events SETTINGS max_execution_time = 1000", "SETTINGS"),
     ("SELECT * FROM analyst_events LIMIT 1 SETTINGS readonly = 0", "SETTINGS"),
     ("SELECT {p:String}", "not one SELECT"),
