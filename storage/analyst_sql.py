@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from producers.contract.permissions import ReadScope
-from storage.analyst_view import VIEWS, view_select
+from storage.analyst_view import VIEWS, scoped_name
 from storage.engine import Engine, StoreError
 from storage.migrations import check_identifier
 from storage.reader import ReadLimits
-from storage.scope_predicate import scope_predicate
+from storage.scope_predicate import SCOPE_VIEW_TYPES, scope_view_args
 
 MAX_QUERY_CHARS: Final = 20_000
 FORMATS: Final = {"json": "JSONEachRow", "csv": "CSVWithNames", "parquet": "Parquet"}
@@ -113,9 +113,44 @@ _OUTSIDE: Final = frozenset(
         "enabledroles",
         "defaultroles",
         "getclienthttpheader",
+        # The server's identity, build, configuration and state (found in review).
+        "getmergetreesetting",
+        "getserverport",
+        "tcpport",
+        "displayname",
+        "hostname",
+        "fqdn",
+        "getoskernelversion",
+        "buildid",
+        "uptime",
+        "currentuser",
+        "authenticateduser",
+        "pggetuserbyid",
+        "enabledprofiles",
+        "defaultprofiles",
+        "currentschemas",
+        "currentqueryid",
+        "queryid",
+        "initialqueryid",
+        "initialquerystarttime",
+        "zookeepersessionuptime",
+        "transactionid",
+        "globalvariable",
+        "getmaxtablenamelengthfordatabase",
+        "logtrace",
+        "showcertificate",
+        "generateserialid",
+        "demangle",
+        "__getscalar",
+        "__scalarsubqueryresult",
     }
 )
+# Prefixes of the same kind: symbol introspection, model files, region dictionaries.
+_OUTSIDE_PREFIXES: Final = ("addressto", "naivebayesclassifier", "regionto", "regionin", "regionhierarchy")
 _LOOKUPS: Final = ("dictget", "dicthas", "dictisin", "joinget")
+# Table functions that are also plain string functions: `format('{} did {}', a, b)`.
+_SCALAR_TOO: Final = frozenset({"format"})
+_BREAKS: Final = frozenset({"\r", "\x0b", "\x0c", "\x00", "\x85", "\u2028", "\u2029"})
 
 
 class SqlRefused(ValueError):
@@ -164,6 +199,10 @@ class AnalystSql:
             raise SqlRefused("the query is empty")
         if len(query) > MAX_QUERY_CHARS:
             raise SqlRefused(f"the query is longer than {MAX_QUERY_CHARS} characters")
+        # A name holding a line break would print as lines of its author's choosing in the
+        # parser's tree (found in review); a query never needs one outside a string, so none.
+        if any(ch in query for ch in _BREAKS):
+            raise SqlRefused("control characters and line separators other than a line feed are not allowed")
         try:
             # TSV: a literal's line breaks stay escaped, one node a line.
             tree = self._engine.query_raw(f"EXPLAIN AST SELECT * FROM (\n{query}\n)", fmt="TSV")
@@ -193,7 +232,11 @@ class AnalystSql:
                 raise SqlRefused(f"{kind} is not allowed in an analyst query")
             lowered = name.lower()
             if kind == "Function" and (
-                parent == "TableExpression" or lowered in _OUTSIDE or lowered.startswith(_LOOKUPS)
+                parent == "TableExpression"
+                or (lowered in table_functions and lowered not in _SCALAR_TOO)
+                or lowered in _OUTSIDE
+                or lowered.startswith(_LOOKUPS)
+                or lowered.startswith(_OUTSIDE_PREFIXES)
             ):
                 if parent == "TableExpression" or lowered in table_functions:
                     raise SqlRefused(f"{name}(): table functions are not allowed, only the analyst views")
@@ -210,10 +253,13 @@ class AnalystSql:
             raise SqlRefused(f"format {fmt!r}: one of {', '.join(FORMATS)}")
         self.check(query)
         self.ensure_sandbox()
-        where, params = scope_predicate(scope)
-        rows = f"(SELECT * FROM {self._db}.audit_events WHERE {where})"
+        params = scope_view_args(scope)
+        args = ", ".join(f"{k} = {{{k}:{t}}}" for k, t in SCOPE_VIEW_TYPES.items())
+        # A CTE's body is resolved inside the caller's query, where a lambda it defines under a
+        # function's name would replace that function: the bodies here call the parameterized
+        # views (resolved apart), with the scope's values bound.
         ctes = ",\n".join(
-            f"{name} AS (\n{view_select(name, rows=rows).replace('{db}', self._db)}\n)" for name in VIEWS
+            f"{name} AS (SELECT * FROM {self._db}.{scoped_name(name)}({args}))" for name in VIEWS
         )
         # Numbers from typed settings, never from the request: SETTINGS takes no bound parameters.
         settings = (

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from storage.scope_predicate import SCOPE_VIEW_PREDICATE
+
 
 @dataclass(frozen=True, slots=True)
 class Column:
@@ -199,6 +201,20 @@ def view_select(view: str, *, rows: str = "{db}.audit_events") -> str:
 def view_statements(*, replace: bool = False) -> tuple[str, ...]:
     create = "CREATE OR REPLACE VIEW {db}." if replace else "CREATE VIEW IF NOT EXISTS {db}."
     return tuple(f"{create}{name} AS\n{view_select(name)}" for name in VIEWS)
+
+
+def scoped_name(view: str) -> str:
+    """The parameterized view of `view` cut to one caller's rows (`POST /v1/sql`)."""
+    return f"{view}_for"
+
+
+def scoped_view_statements() -> tuple[str, ...]:
+    """Each view over the rows of a scope given as parameters (`SCOPE_VIEW_PREDICATE`)."""
+    rows = f"(SELECT * FROM {{db}}.audit_events WHERE {SCOPE_VIEW_PREDICATE})"
+    return tuple(
+        f"CREATE VIEW IF NOT EXISTS {{db}}.{scoped_name(name)} AS\n{view_select(name, rows=rows)}"
+        for name in VIEWS
+    )
 
 
 def _cell(text: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from storage.analyst_view import view_statements
+from storage.analyst_view import scoped_view_statements, view_statements
 from storage.engine import Engine
 from storage.leaf_sql import body_sql, leaf_hash_of_sql
 from storage.record import COLUMNS, KEY_COLUMNS
@@ -467,6 +467,9 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
         (_MERKLE_NODES, _MERKLE_LEAVES_VIEW, _CHECKPOINTS, _TREE_EPOCH),
     ),
     Migration(11, "analyst_views", _ANALYST_VIEWS),
+    # The same views over one caller's rows, the scope given as parameters: POST /v1/sql reads
+    # these, whose bodies nothing in the caller's query can reach into.
+    Migration(12, "scoped_analyst_views", scoped_view_statements()),
 )
 
 

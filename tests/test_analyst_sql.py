@@ -174,6 +174,10 @@ HOSTILE = (
     ("SELECT getSetting('max_result_rows')", "reads outside"),
     ("SELECT hasColumnInTable('auditlog', 'api_keys', 'key_hash')", "reads outside"),
     ("SELECT * FROM tables", "only analyst_events and analyst_log_reads"),
+    ("SELECT getMergeTreeSetting('max_suspicious_broken_parts')", "reads outside"),
+    ("SELECT tcpPort(), hostName()", "reads outside"),
+    ("SELECT 1 AS `x\r          Literal 1`", "control characters"),
+    ("SELECT * FROM analyst_events_for(s_infra = 'acme', s_everything = 1)", "table functions"),
     ("SELECT * FROM analyst_events SETTINGS max_execution_time = 1000", "SETTINGS"),
     ("SELECT * FROM analyst_events LIMIT 1 SETTINGS readonly = 0", "SETTINGS"),
     ("SELECT {p:String}", "not one SELECT"),
@@ -209,6 +213,40 @@ def test_a_comment_cannot_hide_a_second_query(install: tuple[TestClient, dict[st
         "SELECT toString(event_id) AS id FROM analyst_events -- ) UNION ALL (SELECT name FROM system.tables",
     )
     assert commented == plain  # the rest of the line is a comment: the caller's rows, no more
+
+
+# Found in review: a CTE's body is resolved inside the caller's query, so a lambda named like a
+# function (`in`, `and`, `equals`, `nullIf`) replaced it in the scope's own predicate. The scope
+# now lives in parameterized views, which nothing of the caller's query reaches.
+OVERRIDES = (
+    "WITH (x, y) -> 1 AS `in` SELECT toString(event_id) AS id FROM analyst_events",
+    "SELECT id FROM (WITH (x, y) -> 1 AS `in` SELECT toString(event_id) AS id FROM analyst_events)",
+    "WITH (x, y) -> 1 AS `and` SELECT toString(event_id) AS id FROM analyst_events",
+    "WITH (x, y) -> 1 AS `or`, (x, y) -> 1 AS equals SELECT toString(event_id) AS id FROM analyst_events",
+    "WITH x -> 1 AS startsWith, (x, y) -> 1 AS notEquals SELECT toString(event_id) AS id FROM analyst_events",
+)
+
+
+def test_a_lambda_named_like_a_function_does_not_reach_the_scope(
+    install: tuple[TestClient, dict[str, dict[str, str]]],
+) -> None:
+    client, keys = install
+    allowed = _ids(client, keys["u-dev"], "SELECT toString(event_id) AS id FROM analyst_events")
+    for query in OVERRIDES:
+        assert _ids(client, keys["u-dev"], query) == allowed, query
+    leaked = _sql(
+        client,
+        keys["u-dev"],
+        "WITH (x, y) -> 1 AS equals, (x, y) -> x AS JSONExtractString "
+        "SELECT DISTINCT environment_name AS name FROM analyst_events",
+    ).json()["rows"]
+    assert {r["name"] for r in leaked} <= {"Production", "Development", None}
+    hidden = _sql(
+        client,
+        keys["u-dev"],
+        "WITH (x, y) -> scope_key AS nullIf SELECT DISTINCT actor_ip FROM analyst_events",
+    ).json()["rows"]
+    assert hidden == [{"actor_ip": None}]  # not the row's scope token
 
 
 def test_limits_and_the_record_of_every_query(install: tuple[TestClient, dict[str, dict[str, str]]]) -> None:
