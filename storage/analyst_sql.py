@@ -3,11 +3,17 @@
 The query is checked by ClickHouse's own parser (`EXPLAIN AST`), never by a reading of the
 text of ours, on exactly the text that runs:
 
-    WITH analyst_events AS (<the view, over the caller's rows>),
-         analyst_log_reads AS (<likewise>)
+    WITH analyst_events AS (SELECT * FROM <db>.analyst_events_for(<the caller's scope>)),
+         analyst_log_reads AS (SELECT * FROM <db>.analyst_log_reads_for(<likewise>))
     SELECT * FROM (
     <the query>
     ) SETTINGS <limits>
+
+The scope is applied inside parameterized views (`storage.analyst_view`, migration 12), its
+values bound: a view's body is resolved apart from the query that calls it, where a CTE's
+body is resolved inside the caller's query, and a lambda it defines under a function's name
+(`WITH (x, y) -> 1 AS equals`) would replace that function in the scope's own predicate
+(found in review; `tests/test_analyst_sql.py` keeps it out).
 
 - The query must stay inside those parentheses: the tree of `SELECT * FROM (...)` must be one
   SELECT over one subquery, so a `) UNION ALL (SELECT ...` or `) INTO OUTFILE` that breaks
