@@ -27,6 +27,8 @@ body is resolved inside the caller's query, and a lambda it defines under a func
 - Only kinds of node that `EXPLAIN AST` prints with all their children (`_KINDS`): a
   `* APPLY(f)` prints as a bare ColumnsApplyTransformer, hiding what it runs, so it is refused,
   as is any kind not known to be transparent.
+- No named lambda: it would be looked up by the function calls of the CTE bodies too (the
+  scope's bound values are written as `_CAST(value, type)` there).
 - No table function (any function in a FROM clause), no function that reads outside the rows
   (`file`, dictionary and join-table lookups, the server's settings and catalogue), no
   `SETTINGS`, no query parameters.
@@ -240,6 +242,13 @@ class AnalystSql:
             if kind not in _KINDS:
                 raise SqlRefused(f"{kind} is not allowed in an analyst query")
             lowered = name.lower()
+            if kind == "Function" and lowered == "lambda" and "(alias " in line:
+                # A named lambda is looked up by every function call the query's scope holds,
+                # ours included: `WITH (v, t) -> '1' AS _CAST` rewrote the scope's bound values,
+                # which ClickHouse writes as _CAST(value, type) (found in review).
+                raise SqlRefused("a named lambda (WITH ... -> ... AS name) is not allowed: write it out")
+            if kind == "Function" and "." in name and name.split(".", 1)[0].lower() in databases:
+                raise SqlRefused(f"{name}(): only the analyst views can be read")
             if kind == "Function" and (
                 parent == "TableExpression"
                 or (lowered in table_functions and lowered not in _SCALAR_TOO)
