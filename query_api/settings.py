@@ -39,6 +39,11 @@ class ApiSettings(BaseSettings):
         description="answer a read even when its record could not be written (default: refuse it, 503)",
     )
     export_chunk_rows: int = Field(default=5_000, ge=100, le=200_000, description="rows per export query")
+    sql_enabled: bool = Field(
+        default=False,
+        description="serve POST /v1/sql (analyst SQL). Off unless asked for: its guard is a check of "
+        "ClickHouse's parse tree and its name resolution (docs/analyst-views.md), not a grant system",
+    )
     sql_max_rows: int = Field(
         default=100_000, ge=1, le=10_000_000, description="most rows one POST /v1/sql answer may hold"
     )

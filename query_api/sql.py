@@ -41,10 +41,16 @@ class SqlRows(BaseModel):
     response_model=SqlRows,
     responses={
         200: {"content": {"text/csv": {}, PARQUET: {}}, "description": "the rows (json, csv or parquet)"},
+        403: {"description": "analyst SQL is off on this server"},
         422: {"description": "the query is refused (the reason says why) or fails (the server's code)"},
     },
 )
 def run_sql(reading: ReadingDep, body: Annotated[SqlRequest, Body()]) -> Response:
+    if not reading.services.settings.sql_enabled:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail="analyst SQL is off on this server (AUDITLOG_API_SQL_ENABLED=true)",
+        )
     sql = reading.services.store.analyst_sql
     max_rows = reading.services.settings.sql_max_rows
     details = {"view": "sql", "query": body.query, "format": body.format}

@@ -61,7 +61,9 @@ def _events(n: int) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def install(store: Store) -> tuple[TestClient, dict[str, dict[str, str]]]:
-    embedded = build_embedded(store, api_settings=ApiSettings(sql_max_rows=500), directory=DIRECTORY)
+    embedded = build_embedded(
+        store, api_settings=ApiSettings(sql_max_rows=500, sql_enabled=True), directory=DIRECTORY
+    )
     report = BatchIngestor(store, lambda: Directories([DIRECTORY]), source="api").ingest(
         _events(120), received_at_ms=1_791_000_000_000
     )
@@ -212,6 +214,13 @@ def test_hostile_sql_is_refused_with_a_clear_error(
     r = _sql(client, keys["u-dev"], query)
     assert r.status_code == 422, (query, r.status_code, r.text)
     assert why in r.text, (query, r.text)
+
+
+def test_analyst_sql_is_off_unless_asked_for(store: Store) -> None:
+    client = TestClient(build_embedded(store, api_settings=ApiSettings(), directory=DIRECTORY).app)
+    key = {"Authorization": "Bearer " + make_key(store, "u-admin")}
+    r = _sql(client, key, "SELECT count() FROM analyst_events")
+    assert r.status_code == 403 and "AUDITLOG_API_SQL_ENABLED" in r.text
 
 
 def test_the_scoped_views_cannot_be_called_by_name(

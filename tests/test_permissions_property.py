@@ -614,7 +614,7 @@ class Harness:
 def harness(store: Store) -> Iterator[Harness]:
     # Reads are audited as events of their own; off here so that the table holds exactly the
     # events of the example (test_read_audit_rows_obey_the_row_rule covers them).
-    embedded = build_embedded(store, api_settings=ApiSettings(audit_reads=False))
+    embedded = build_embedded(store, api_settings=ApiSettings(audit_reads=False, sql_enabled=True))
     with TestClient(embedded.app) as client:
         yield Harness(
             store=store,
