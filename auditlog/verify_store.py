@@ -13,14 +13,17 @@ For each log:
    without its row), reordered (an event's row at another event's position);
 4. truncation: the newest signed checkpoint covers positions the store no longer has.
 
-A leaf whose row is gone and whose event is older than `expired_before_ms` (the
-retention horizon) is reported as expired, not as tampering: the leaf hashes outlive
-the rows, so the tree still verifies.
+A leaf whose row is gone is reported as expired, not as tampering, when a purge
+accounts for it (`storage.retention`): its position's tombstone names its event, the
+purge that removed it is an `audit_log.purge` event of the log, and the leaf's own time
+(which its hash covers) is older than that purge's cutoff for the row's rule. Without
+tombstones (a TTL of the cluster DDL), `expired_before_ms` gives the horizon. The leaf
+hashes outlive the rows, so the tree still verifies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -30,6 +33,7 @@ from producers.contract.tlog.checkpoint import Checkpoint, note_hash, open_check
 from producers.contract.tlog.leaf import leaf_data_of
 from producers.contract.tlog.merkle import Frontier, leaf_hash, levels, node_hash, root_at
 from producers.contract.tlog.note import NoteError, Verifier
+from storage.retention import Tombstone
 from storage.tree import RowCheck, TreeStore
 from stream.checkpointer import anchor_folder
 
@@ -269,8 +273,10 @@ def _rows(
     since_ms: int | None,
     until_ms: int | None,
     expired_before_ms: int | None,
+    tombstones_of: Callable[[str], dict[int, Tombstone]],
 ) -> None:
     log = report.log
+    tombstones: dict[int, Tombstone] | None = None
     if since_ms is not None or until_ms is not None:
         report.rows_checked = f"occurred_at in [{since_ms}, {until_ms}) ms"
     leaf_of = {c.leaf_event_id: c.index for c in checks if c.leaf_event_id is not None}
@@ -316,15 +322,34 @@ def _rows(
             if expired_before_ms is not None and _expired(log, c, expired_before_ms):
                 report.expired += 1
                 continue
+            if tombstones is None:
+                tombstones = tombstones_of(log)
+            stone = tombstones.get(c.index)
+            why = _not_purged(log, c, stone) if stone is not None else ""
+            if stone is not None and not why:
+                report.expired += 1
+                continue
             report.findings.append(
                 Finding(
                     "deleted",
                     log,
-                    f"the row of event {c.leaf_event_id} (leaf {c.index}) is missing",
+                    f"the row of event {c.leaf_event_id} (leaf {c.index}) is missing{why}",
                     index=c.index,
                     event_id=c.leaf_event_id,
                 )
             )
+
+
+def _not_purged(log: str, c: RowCheck, stone: Tombstone) -> str:
+    """Why a tombstone does not account for a missing row ('' when it does): a purge removes
+    only what its rule had expired, and every purge is an `audit_log.purge` event of the log."""
+    if stone.event_id != c.leaf_event_id:
+        return f"; its position's tombstone names another event ({stone.event_id})"
+    if not stone.recorded:
+        return f"; its tombstone names purge {stone.purge_id}, which is no audit_log.purge event of the log"
+    if not _expired(log, c, stone.cutoff_ms):
+        return f"; purge {stone.purge_id} ({stone.rule}) expired only events older than its cutoff"
+    return ""
 
 
 def _expired(log: str, c: RowCheck, horizon_ms: int) -> bool:
@@ -402,6 +427,7 @@ def verify_store(
             since_ms=since_ms,
             until_ms=until_ms,
             expired_before_ms=expired_before_ms,
+            tombstones_of=tree.tombstones,
         )
         report.findings.sort(key=lambda f: (f.index if f.index is not None else -1, f.kind))
     if logs is None:

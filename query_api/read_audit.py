@@ -98,19 +98,58 @@ class ReadAuditor:
         outcome: str = "success",
         reason: str | None = None,
         target: tuple[str, str] | None = None,
-    ) -> None:
-        """Record a read durably; raises `ReadNotRecorded` if that failed (unless failing open)."""
+    ) -> str:
+        """Record a read (or a task of the service's own) durably; returns the event's id. Raises
+        `ReadNotRecorded` if that failed (unless failing open)."""
+        actor: dict[str, Any] = {"id": caller.user_id, "type": "user"}
+        if ip and _is_ip(ip):
+            actor["ip"] = ip
+        if user_agent:
+            actor["user_agent"] = user_agent[:4096]
+        return self._record(
+            caller.infrastructure,
+            actor,
+            action=action,
+            # Which key read: an auditor's first question after "who".
+            details={**details, "key_id": caller.key_id} if caller.key_id else details,
+            request_id=request_id,
+            outcome=outcome,
+            reason=reason,
+            target=target,
+        )
+
+    def record_system(
+        self, infrastructure: str, *, actor_id: str, action: str, details: dict[str, Any]
+    ) -> str:
+        """Record a task the service did by itself (a retention purge), never failing open: the
+        task must not go on without its record."""
+        return self._record(
+            infrastructure, {"id": actor_id, "type": "system"}, action=action, details=details, strict=True
+        )
+
+    def _record(
+        self,
+        infrastructure: str,
+        actor: dict[str, Any],
+        *,
+        action: str,
+        details: dict[str, Any],
+        request_id: str | None = None,
+        outcome: str = "success",
+        reason: str | None = None,
+        target: tuple[str, str] | None = None,
+        strict: bool = False,
+    ) -> str:
         now = datetime.now(UTC)
-        target_kind, target_id = target or ("infrastructure", caller.infrastructure)
+        target_kind, target_id = target or ("infrastructure", infrastructure)
         ms = int(now.timestamp() * 1000)
         event: dict[str, Any] = {
             "schema_version": 1,
             "event_id": str(uuid7(ms, uuid.uuid4().int)),
             "occurred_at": now.isoformat(timespec="milliseconds"),
-            "infrastructure": caller.infrastructure,
-            "actor": {"id": caller.user_id, "type": "user"},
-            # Which key read: an auditor's first question after "who".
-            "details": {**details, "key_id": caller.key_id} if caller.key_id else details,
+            "infrastructure": infrastructure,
+            "actor": actor,
+            "details": details,
             "action": action,
             "target": {"kind": target_kind, "id": target_id},
             "outcome": outcome,
@@ -118,15 +157,12 @@ class ReadAuditor:
         }
         if reason:
             event["reason"] = reason[:4096]
-        if ip and _is_ip(ip):
-            event["actor"]["ip"] = ip
-        if user_agent:
-            event["actor"]["user_agent"] = user_agent[:4096]
         if request_id:
             event["request_id"] = request_id[:256]
-        self._commit(event)
+        self._commit(event, strict=strict)
+        return str(event["event_id"])
 
-    def _commit(self, event: dict[str, Any]) -> None:
+    def _commit(self, event: dict[str, Any], *, strict: bool = False) -> None:
         ticket = _Ticket(event)
         with self._lock:
             self._pending.append(ticket)
@@ -145,7 +181,7 @@ class ReadAuditor:
                 break
         if ticket.error is not None:
             self.not_recorded += 1
-            if not self._fail_open:
+            if strict or not self._fail_open:
                 raise ReadNotRecorded(ticket.error)
             log.error("a read of the audit log was answered without its record: %s", ticket.error)
 

@@ -77,6 +77,10 @@ PLACEMENT: Final[dict[str, str | None]] = {
     "directory_entities": None,
     "api_keys": None,
     "schema_migrations": None,
+    "retention_policies": None,
+    "legal_holds": None,
+    # A purged row's tombstone, on the shard its row was on.
+    "purged_rows": _EVENT_KEY,
 }
 
 # Retention: the time column each expiring table is dropped by.

@@ -265,6 +265,47 @@ _SOLE_INFRASTRUCTURE = (
 )
 _SYNC = " SETTINGS mutations_sync = 2"
 
+# Retention (storage.retention): a policy per infrastructure and the legal holds, each change a
+# newer version (the newest wins); the tombstone of every purged row, kept for ever like its
+# leaf, so that `auditlog verify` tells a purge from a deletion.
+_RETENTION_POLICIES = """
+CREATE TABLE IF NOT EXISTS {db}.retention_policies (
+    infrastructure String,
+    version UInt64,
+    policy String,
+    updated_at DateTime64(3, 'UTC'),
+    updated_by String
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY infrastructure
+"""
+_LEGAL_HOLDS = """
+CREATE TABLE IF NOT EXISTS {db}.legal_holds (
+    infrastructure String,
+    hold_id String,
+    version UInt64,
+    hold String,
+    lifted_at Nullable(DateTime64(3, 'UTC')),
+    lifted_by String
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (infrastructure, hold_id)
+"""
+_PURGED_ROWS = """
+CREATE TABLE IF NOT EXISTS {db}.purged_rows (
+    log LowCardinality(String),
+    leaf_index UInt64,
+    event_id UUID,
+    occurred_at DateTime64(3, 'UTC'),
+    infrastructure LowCardinality(String),
+    rule LowCardinality(String),
+    cutoff DateTime64(3, 'UTC'),
+    purge_id UUID
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (log, leaf_index, event_id)
+"""
+
 # The analysts' views, from `analyst_view.COLUMNS`. A store migrated keeps the views it was
 # given: a later change of the columns needs a migration of its own that replaces them
 # (`view_statements(replace=True)`).
@@ -470,6 +511,7 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
     # The same views over one caller's rows, the scope given as parameters: POST /v1/sql reads
     # these, whose bodies nothing in the caller's query can reach into.
     Migration(12, "scoped_analyst_views", scoped_view_statements()),
+    Migration(13, "retention", (_RETENTION_POLICIES, _LEGAL_HOLDS, _PURGED_ROWS)),
 )
 
 

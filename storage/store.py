@@ -21,6 +21,7 @@ from storage.dead_letter_reader import DeadLetterReader
 from storage.engine import ChdbEngine, Engine, ServerEngine
 from storage.migrations import REPAIR_SPAN, check_identifier, migrate
 from storage.reader import EventReader, ReadLimits
+from storage.retention import RetentionStore
 from storage.tree import TreeStore
 from storage.writer import EventWriter
 
@@ -301,6 +302,7 @@ class Store:
         self.directory = DirectoryRepository(engine, self.database)
         self.keys = KeyRepository(engine, self.database)
         self.tree = TreeStore(engine, database=self.database)
+        self.retention = RetentionStore(engine, database=self.database)
         self.analyst_sql = AnalystSql(engine, database=self.database, limits=read_limits or ReadLimits())
 
     @classmethod

@@ -18,6 +18,7 @@ from producers.contract.tlog.merkle import Coord
 from storage.engine import Engine
 from storage.leaf_sql import leaf_hash_sql
 from storage.migrations import check_identifier
+from storage.retention import RetentionStore, Tombstone
 
 _LEAF = struct.Struct("<Q32s")
 _ROW_CHECK = struct.Struct("<I B Q 16s 32s B Q 16s 32s q 32s")
@@ -287,6 +288,10 @@ class TreeStore:
                 )
             )
         return out
+
+    def tombstones(self, log: str) -> dict[int, Tombstone]:
+        """The positions of `log` whose rows a purge removed (`storage.retention`)."""
+        return RetentionStore(self._engine, database=self._db).tombstones(log)
 
     def rows_outside_tree(self, *, limit: int = 1000) -> tuple[int, list[str]]:
         """Rows in no log: how many the store held before the tree existed (migration 9), and,
