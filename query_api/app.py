@@ -18,6 +18,7 @@ from query_api.deps import Services
 from query_api.metrics import ApiMetrics, MetricsMiddleware
 from query_api.proofs import router as proofs_router
 from query_api.read_audit import ReadNotRecorded
+from query_api.retention import router as retention_router
 from query_api.routes import router
 from query_api.sql import router as sql_router
 from query_api.ui import STATIC_DIR, STATIC_PATH
@@ -56,6 +57,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(dead_letters_router)
     app.include_router(proofs_router)
     app.include_router(sql_router)
+    app.include_router(retention_router)
     app.include_router(ui_router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="ui-static")
 

@@ -386,6 +386,18 @@ class RetentionStore:
         self._write_hold(lifted, version=time_version(now_ms))
         return lifted
 
+    def rows_covered(self, hold: LegalHold) -> int:
+        """How many stored rows the hold covers now: a hold that covers none was probably
+        meant otherwise, and whoever made it is told."""
+        sql = _Sql()
+        infra = sql.bind(hold.infrastructure, "String")
+        [row] = self._engine.query(
+            f"SELECT count() AS n FROM {self._db}.audit_events WHERE infrastructure = {infra} "
+            f"AND {_hold(sql, hold)}",
+            params=sql.params,
+        )
+        return int(row["n"])
+
     # Purges ----------------------------------------------------------------------------
 
     def plan(self, now_ms: int, *, infrastructures: Sequence[str] | None = None) -> PurgePlan:

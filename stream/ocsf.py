@@ -112,6 +112,11 @@ ACTIONS: Final[dict[str, Activity]] = {
     "application.open_debug": (API_ACTIVITY, OTHER, "Open Debug"),
     "audit_log.read": (API_ACTIVITY, 2, "Read"),
     "audit_log.export": (API_ACTIVITY, 2, "Read"),
+    # Retention: a purge deletes rows; a hold is created and lifted (deleted).
+    "audit_log.purge": (API_ACTIVITY, 4, "Delete"),
+    "audit_log.retention_update": (API_ACTIVITY, 3, "Update"),
+    "audit_log.legal_hold_create": (API_ACTIVITY, 1, "Create"),
+    "audit_log.legal_hold_lift": (API_ACTIVITY, 4, "Delete"),
 }
 
 # The fallback for an action not in ACTIONS, by its verb.
@@ -151,6 +156,9 @@ SENSITIVE: Final = frozenset(
         "infrastructure.license_update",
         "infrastructure.update",
         "audit_log.export",
+        "audit_log.purge",
+        "audit_log.retention_update",
+        "audit_log.legal_hold_lift",
     }
 )
 # (severity_id, severity) by outcome, for an ordinary and for a sensitive action.
