@@ -161,7 +161,7 @@ def _hold_out(hold: LegalHold, rows_covered: int | None = None) -> HoldOut:
     )
 
 
-def _retention(services: Services, infrastructure: str) -> RetentionOut:
+def retention_of(services: Services, infrastructure: str) -> RetentionOut:
     retention = services.store.retention
     stored = retention.policies(infrastructure).get(infrastructure)
     policy = None
@@ -193,7 +193,7 @@ def get_retention(
     request: Request, caller: CurrentCaller, scope: Scope, services: ServicesDep
 ) -> RetentionOut:
     need_admin(may_manage(scope))
-    out = _retention(services, caller.infrastructure)
+    out = retention_of(services, caller.infrastructure)
     _task(request, services, caller, "audit_log.read", {"view": "retention"})
     return out
 
@@ -232,7 +232,7 @@ def set_retention(
     services.store.retention.set_policy(
         caller.infrastructure, policy, by=caller.user_id, now_ms=int(time.time() * 1000)
     )
-    return _retention(services, caller.infrastructure)
+    return retention_of(services, caller.infrastructure)
 
 
 def _purge_out(plan: PurgePlan, result: PurgeResult, infrastructure: str, purge_id: str | None) -> PurgeOut:

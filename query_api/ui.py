@@ -34,6 +34,7 @@ from producers.contract.event import ENTITY_KINDS
 from producers.contract.permissions import (
     Caller,
     ReadScope,
+    may_manage,
     may_read_activity_log,
     may_read_entity,
     scope_for,
@@ -42,6 +43,7 @@ from producers.contract.permissions import (
 # Re-exported: one cookie name for the viewer and the API's cookie authentication.
 from query_api.deps import SESSION_COOKIE as SESSION_COOKIE
 from query_api.deps import Services, ServicesDep, caller_from_session
+from query_api.retention import HoldOut, retention_of
 from query_api.routes import Reading
 from query_api.search import QUALIFIERS, SearchSyntaxError, Term, Text, compile_query, parse
 from query_api.serialize import event_out
@@ -207,6 +209,7 @@ def _render(
         "static": _base(request) + STATIC_PATH,
         "session": session,
         "may_read_activity": bool(session and may_read_activity_log(session.scope)),
+        "may_manage": bool(session and may_manage(session.scope)),
         "my_activity_href": user_href(_base(request), session.caller.user_id) if session else "",
         "nav": "",
         **context,
@@ -720,3 +723,42 @@ def event_detail(event_id: str, request: Request, session: CurrentSession, servi
         ],
     }
     return _render(request, "event.html", context, session=session)
+
+
+def _covers(hold: HoldOut, directory: Directory) -> str:
+    parts = []
+    if hold.environment:
+        parts.append(
+            f"environment {directory.display_name('environment', hold.environment) or hold.environment}"
+        )
+    if hold.entity:
+        parts.append(f"entity {hold.entity}")
+    if hold.actor:
+        parts.append(f"actor {directory.display_name('user', hold.actor) or hold.actor}")
+    if hold.since or hold.until:
+        parts.append(f"from {hold.since or 'the beginning'} to {hold.until or 'now'}")
+    return ", ".join(parts) or "everything"
+
+
+@router.get("/retention")
+def retention(request: Request, session: CurrentSession, services: ServicesDep) -> Response:
+    if not may_manage(session.scope):
+        return _problem(
+            request,
+            session,
+            403,
+            "Not allowed",
+            "Retention is shown to holders of Manage Infrastructure and Users.",
+        )
+    out = retention_of(services, session.caller.infrastructure)
+    _audit(request, session, services, {"view": "retention"})
+    context = {
+        "title": "Retention",
+        "nav": "retention",
+        "policy": out.policy,
+        "holds": [{**h.model_dump(), "covers": _covers(h, session.directory)} for h in out.holds],
+        "purges": out.purges,
+        "kept_actions": out.kept_actions,
+        "env_name": lambda e: session.directory.display_name("environment", e) or e,
+    }
+    return _render(request, "retention.html", context, session=session)

@@ -33,6 +33,7 @@ from producers.contract.directory import Directory
 from query_api.deps import Services
 from query_api.settings import ApiSettings
 from query_api.ui import SESSION_COOKIE
+from storage.retention import LegalHold, Policy, Rule
 from storage.store import Store
 from tests.grants import make_key
 
@@ -767,3 +768,39 @@ def test_page_views_are_recorded_as_audit_log_reads(
     details = admin.page.inner_text("#details-json")
     assert '"client": "ui"' in details and installation.special["fixed"]["event_id"] in details
     admin.shot("audit-read")
+
+
+def test_retention_page_shows_the_policy_holds_and_purges_to_administrators_only(
+    open_session: Callable[..., Session], installation: Installation
+) -> None:
+    retention = installation.services.store.retention
+    now_ms = int(time.time() * 1000)
+    policy = Policy(default_days=365, rules=(Rule(days=2555, environment="env-prod"),))
+    retention.set_policy("acme", policy, by="u-admin", now_ms=now_ms)
+    retention.create_hold(
+        LegalHold(
+            hold_id=str(uuid.uuid4()), infrastructure="acme", name="Case <b>42</b>", reason="litigation",
+            created_at_ms=now_ms, created_by="u-admin", environment="env-prod", actor="u-andrea",
+        )
+    )  # fmt: skip
+    admin = open_session(installation.admin_key)
+    assert "Retention" in admin.page.locator(".mainnav").inner_text()
+    admin.page.click(".mainnav >> text=Retention")
+    admin.page.wait_for_url(re.compile(r"/ui/retention$"))
+    page = admin.page
+    assert page.inner_text("#default-days") == "365 days"
+    assert page.locator("#rules tbody tr").all_inner_texts() == ["Production\tany\t2555 days"]
+    [hold] = page.locator("#holds tbody tr").all_inner_texts()
+    assert "Case <b>42</b>" in hold and "environment Production, actor Andrea Fleet" in hold
+    assert page.locator("#no-purges").is_visible()
+    admin.shot("retention")
+    narrow = open_session(installation.admin_key, width=375, height=812)
+    narrow.go("/ui/retention")
+    widths = narrow.page.evaluate("[document.body.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], widths
+    narrow.shot("mobile-retention")
+
+    dev = open_session(installation.dev_key)
+    assert "Retention" not in dev.page.locator(".mainnav").inner_text()
+    assert dev.go("/ui/retention") == 403
+    assert "Manage Infrastructure and Users" in dev.page.inner_text("#problem-message")
