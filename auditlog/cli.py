@@ -287,6 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from auditlog.embedded import build_embedded
+    from auditlog.retention_job import start_purges
     from query_api.settings import ApiSettings
     from stream.checkpointer import start_checkpoints
 
@@ -319,9 +320,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     # Kafka mode: the workers write the store's logs and sign their checkpoints.
     ticker = start_checkpoints(store, _store_settings(args)) if ingestor is None else None
+    purges = start_purges(store, embedded.services.auditor)
     try:
         uvicorn.run(embedded.app, host=settings.host, port=settings.port, log_level="warning")
     finally:
+        if purges is not None:
+            purges.stop()
         if ticker is not None:
             ticker.stop()
         if ingestor is not None:
@@ -447,6 +451,13 @@ try:
 
     _EXTRA_COMMANDS.append(_register_tlog)
 except ImportError:  # installed without the store extra (cryptography)
+    pass
+
+try:
+    from auditlog.retention_job import register as _register_retention
+
+    _EXTRA_COMMANDS.append(_register_retention)
+except ImportError:  # installed without the api extra
     pass
 
 try:

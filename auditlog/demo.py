@@ -431,16 +431,20 @@ def _serve(store: Store, settings: ApiSettings, err: TextIO, args: argparse.Name
 
     from auditlog.cli import _store_settings
     from auditlog.embedded import build_embedded
+    from auditlog.retention_job import start_purges
     from stream.checkpointer import start_checkpoints
 
     embedded = build_embedded(store, api_settings=settings)
     ticker = start_checkpoints(store, _store_settings(args))
+    purges = start_purges(store, embedded.services.auditor)
     err.write(f"serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)\n")
     # uvicorn handles SIGINT itself; a second Ctrl-C during shutdown can still surface here.
     try:
         with contextlib.suppress(KeyboardInterrupt):
             uvicorn.run(embedded.app, host=settings.host, port=settings.port, log_level="warning")
     finally:
+        if purges is not None:
+            purges.stop()
         if ticker is not None:
             ticker.stop()
     err.write("stopped\n")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from auditlog.verify_store import LogReport, verify_log
@@ -17,7 +19,7 @@ from storage.retention import LegalHold, Policy, Rule
 from storage.store import Store
 from stream.batch_ingest import BatchIngestor
 from stream.checkpointer import Checkpointer
-from tests.test_tlog import GOLDEN
+from tests.test_tlog import GOLDEN, _cli
 
 NOW = datetime(2027, 1, 15, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -271,3 +273,53 @@ def test_a_policy_is_checked() -> None:
         Policy(default_days=10, rules=(Rule(days=5),))
     rule = Rule(days=90, environment="env-dev", entity_kind="user")
     assert Policy.from_json(Policy(None, (rule,)).to_json()) == Policy(None, (rule,))
+
+
+def test_the_command_line_sets_shows_and_purges_and_verify_agrees(tmp_path: Path) -> None:
+    folder, anchor, events = tmp_path / "data", tmp_path / "tlog", tmp_path / "events.ndjson"
+    old = [
+        _event(60 + i, f"2026-06-{10 + i:02d}T10:00:00Z", env="env-prod" if i % 2 else None) for i in range(8)
+    ]
+    events.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in old))
+    where = ["--store", str(folder)]
+    run = _cli("directory", "load", *where, "--infrastructure", "acme", str(GOLDEN / "directory.yaml"))
+    assert run.returncode == 0, run.stderr
+    assert _cli("ingest", *where, str(events), anchor=anchor).returncode == 0
+    run = _cli(
+        "retention",
+        "set",
+        *where,
+        "--infrastructure",
+        "acme",
+        "--default-days",
+        "30",
+        "--rule",
+        "environment=env-typo:90",
+    )
+    assert run.returncode == 2 and "env-typo" in run.stderr
+    run = _cli(
+        "retention",
+        "set",
+        *where,
+        "--infrastructure",
+        "acme",
+        "--default-days",
+        "30",
+        "--rule",
+        "environment=env-prod:3650",
+    )
+    assert run.returncode == 0, run.stderr
+    run = _cli("retention", "show", *where)
+    lines = [orjson.loads(line) for line in run.stdout.splitlines()]
+    assert lines[0]["policy"]["rules"] == [{"days": 3650, "environment": "env-prod"}]
+    assert lines[-1]["due"]["rows"] == 4
+    run = _cli("retention", "purge", *where, "--dry-run")
+    assert orjson.loads(run.stdout)["planned"] == {"acme": 4} and orjson.loads(run.stdout)["purged"] == {}
+    run = _cli("retention", "purge", *where, anchor=anchor)
+    assert run.returncode == 0, run.stderr
+    assert orjson.loads(run.stdout)["purged"] == {"acme": 4}
+    assert _cli("checkpoint", *where, "--checkpoint-dir", str(anchor)).returncode == 0
+    run = _cli("verify", *where, "--checkpoint-dir", str(anchor))
+    assert run.returncode == 0, run.stdout + run.stderr
+    [local] = [r for r in map(orjson.loads, run.stdout.splitlines()) if r["log"] == "local"]
+    assert local["expired"] == 4 and local["ok"]
