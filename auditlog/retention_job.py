@@ -189,8 +189,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     from auditlog.cli import _open_store
 
     store = _open_store(args)
-    retention = RetentionStore(store.engine, database=store.database, cluster=args.cluster)
-    print(orjson.dumps(purge_once(retention, _auditor(store), dry_run=args.dry_run)).decode())
+    print(orjson.dumps(purge_once(store.retention, _auditor(store), dry_run=args.dry_run)).decode())
     return 0
 
 
@@ -224,5 +223,4 @@ def register(sub: Any) -> None:
     q = rsub.add_parser("purge", help="remove what expired and no hold keeps, each purge on record first")
     _store_args(q)
     q.add_argument("--dry-run", action="store_true", help="count, remove nothing")
-    q.add_argument("--cluster", help="a ClickHouse cluster: mutate its _local tables ON CLUSTER")
     q.set_defaults(func=_wrap(cmd_purge))

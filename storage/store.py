@@ -47,6 +47,11 @@ class StoreSettings(BaseSettings):
         default=4, ge=1, le=64, description="chDB: reads that may run at once (each on its own connection)"
     )
     query_timeout_s: float = Field(default=30.0, gt=0, description="longest a read may run")
+    cluster: str = Field(
+        default="",
+        description="the ClickHouse cluster the schema was made for (auditlog schema --cluster): retention "
+        "purges mutate its _local tables ON CLUSTER",
+    )
     query_max_memory_bytes: int = Field(
         default=4 * 1024**3, ge=64 * 1024**2, description="most memory one read may take"
     )
@@ -292,6 +297,7 @@ class Store:
         database: str = "auditlog",
         insert_chunk_rows: int = 50_000,
         read_limits: ReadLimits | None = None,
+        cluster: str = "",
     ) -> None:
         self.engine = engine
         self.database = check_identifier(database)
@@ -302,7 +308,7 @@ class Store:
         self.directory = DirectoryRepository(engine, self.database)
         self.keys = KeyRepository(engine, self.database)
         self.tree = TreeStore(engine, database=self.database)
-        self.retention = RetentionStore(engine, database=self.database)
+        self.retention = RetentionStore(engine, database=self.database, cluster=cluster or None)
         self.analyst_sql = AnalystSql(engine, database=self.database, limits=read_limits or ReadLimits())
 
     @classmethod
@@ -316,7 +322,13 @@ class Store:
                 raise ValueError("AUDITLOG_STORE_URL is required when AUDITLOG_STORE_ENGINE=clickhouse")
             engine = ServerEngine(s.url)
         limits = ReadLimits(timeout_s=s.query_timeout_s, max_memory_bytes=s.query_max_memory_bytes)
-        return cls(engine, database=s.database, insert_chunk_rows=s.insert_chunk_rows, read_limits=limits)
+        return cls(
+            engine,
+            database=s.database,
+            insert_chunk_rows=s.insert_chunk_rows,
+            read_limits=limits,
+            cluster=s.cluster,
+        )
 
     def event_count(self) -> int:
         return int(self.engine.query(f"SELECT count() AS n FROM {self.database}.audit_events")[0]["n"])

@@ -33,6 +33,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from auditlog.cli import build_parser, main
+from auditlog.retention_job import RetentionSettings
 from producers.publisher import ProducerSettings
 from query_api.settings import ApiSettings
 from storage import cluster_ddl
@@ -309,6 +310,7 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     ApiSettings,
     WorkerSettings,
     ProducerSettings,
+    RetentionSettings,
 )
 # Variables the manifests use to assemble AUDITLOG_STORE_URL and CLI arguments; nothing
 # reads them but Kubernetes' $(VAR) expansion.
@@ -451,6 +453,8 @@ def _pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
     for kind in ("Deployment", "Job"):
         for name, doc in _by_kind(kind).items():
             yield name, doc["spec"]["template"]["spec"]
+    for name, doc in _by_kind("CronJob").items():
+        yield name, doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
 def _containers() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -538,7 +542,7 @@ def test_container_arguments_are_valid_auditlog_commands() -> None:
         seen.add(parsed.command)
         if parsed.command == "schema":
             assert parsed.cluster == "audit" and (parsed.apply or parsed.check), where
-    assert seen == {"schema", "worker", "serve"}
+    assert seen == {"schema", "worker", "serve", "retention"}
 
 
 def test_worker_and_api_deployments_are_probed_and_disruption_budgeted() -> None:
