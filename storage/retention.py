@@ -278,8 +278,8 @@ def _selection(
     select = (
         f"SELECT log, leaf_index, event_id, occurred_at, infrastructure, {label_sql} AS rule, "
         f"fromUnixTimestamp64Milli({cutoff}, 'UTC') AS cutoff, "
-        f"multiIf({', '.join(ids)}, toUUID('00000000-0000-0000-0000-000000000000')) AS purge_id, "
-        f"_partition_id AS part FROM {db}.audit_events WHERE {expired} AND NOT {held_sql}"
+        f"multiIf({', '.join(ids)}, toUUID('00000000-0000-0000-0000-000000000000')) AS purge_id "
+        f"FROM {db}.audit_events WHERE {expired} AND NOT {held_sql}"
     )
     held_count = (
         f"SELECT infrastructure, count() AS n FROM {db}.audit_events WHERE {expired} AND {held_sql} "
@@ -441,13 +441,14 @@ class RetentionStore:
             f"FROM ({sel.sql})",
             params=sel.params,
         )
-        # Per month: every row there tombstoned by this purge, or only some.
+        # Per month (the partition key, which a Distributed table reads too, where its
+        # _partition_id is not): every row there tombstoned by this purge, or only some.
         parts = self._engine.query(
-            "SELECT _partition_id AS part, count() AS n, "
+            "SELECT toString(toYYYYMM(occurred_at)) AS part, count() AS n, "
             f"countIf(event_id IN (SELECT event_id FROM {self._db}.purged_rows "
             "WHERE purge_id IN {ids:Array(UUID)})) AS gone "
-            f"FROM {self._db}.audit_events WHERE _partition_id IN "
-            "(SELECT DISTINCT toString(toYYYYMM(occurred_at)) "
+            f"FROM {self._db}.audit_events WHERE toYYYYMM(occurred_at) IN "
+            "(SELECT DISTINCT toYYYYMM(occurred_at) "
             f"FROM {self._db}.purged_rows WHERE purge_id IN {{ids:Array(UUID)}}) GROUP BY part ORDER BY part",
             params={"ids": ids},
         )
@@ -468,12 +469,16 @@ class RetentionStore:
                     # ALTER ... PARTITION ID takes a literal only.
                     self._engine.command(f"ALTER TABLE {target}{on} DROP PARTITION ID '{part}'")
                 else:
+                    # A replicated table runs a mutation whose subquery reads another table
+                    # only when told to: every replica reads the same tombstones (written
+                    # before, never changed), so each removes the same rows.
+                    replicated = ", allow_nondeterministic_mutations = 1" if self._cluster else ""
                     self._engine.command(
-                        f"ALTER TABLE {target}{on} DELETE WHERE _partition_id = {{part:String}} "
+                        f"ALTER TABLE {target}{on} DELETE WHERE toYYYYMM(occurred_at) = {{part:UInt32}} "
                         f"AND event_id IN (SELECT event_id FROM {self._db}.purged_rows "
                         "WHERE purge_id IN {ids:Array(UUID)}) "
-                        "SETTINGS mutations_sync = 2",
-                        params={"part": part, "ids": ids},
+                        f"SETTINGS mutations_sync = 2{replicated}",
+                        params={"part": int(part), "ids": ids},
                     )
             (dropped if whole else mutated).append(part)
         counts = self._engine.query(
