@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--retention-days",
         type=int,
-        help="add a TTL: rows older than this are dropped, by whole monthly parts (ttl_only_drop_parts)",
+        help="add a TTL: rows older than this are dropped, by whole monthly parts (ttl_only_drop_parts); "
+        "one period for everything, blind to legal holds and unrecorded: prefer a retention policy "
+        "(docs/retention.md)",
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(

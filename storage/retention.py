@@ -44,6 +44,7 @@ import orjson
 
 from storage.engine import Engine
 from storage.migrations import check_identifier
+from storage.writer import write_lock
 
 DAY_MS: Final = 86_400_000
 MAX_DAYS: Final = 36_500
@@ -441,52 +442,72 @@ class RetentionStore:
             f"FROM ({sel.sql})",
             params=sel.params,
         )
-        # Per month (the partition key, which a Distributed table reads too, where its
-        # _partition_id is not): every row there tombstoned by this purge, or only some.
-        parts = self._engine.query(
-            "SELECT toString(toYYYYMM(occurred_at)) AS part, count() AS n, "
-            f"countIf(event_id IN (SELECT event_id FROM {self._db}.purged_rows "
-            "WHERE purge_id IN {ids:Array(UUID)})) AS gone "
-            f"FROM {self._db}.audit_events WHERE toYYYYMM(occurred_at) IN "
-            "(SELECT DISTINCT toYYYYMM(occurred_at) "
-            f"FROM {self._db}.purged_rows WHERE purge_id IN {{ids:Array(UUID)}}) GROUP BY part ORDER BY part",
-            params={"ids": ids},
-        )
         dropped: list[str] = []
         mutated: list[str] = []
-        for r in parts:
-            part = r["part"]
-            if not _PARTITION_ID.match(part):
-                raise ValueError(f"unexpected partition id {part!r}")
-            if int(r["gone"]) == 0:
-                continue
-            whole = int(r["gone"]) == int(r["n"])
-            for table in ("audit_events", "audit_entity_index"):
-                target = f"{self._db}.{table}_local" if self._cluster else f"{self._db}.{table}"
-                on = f" ON CLUSTER {self._cluster}" if self._cluster else ""
-                if whole:
-                    # A partition id is the month's digits (checked above), not a value to bind:
-                    # ALTER ... PARTITION ID takes a literal only.
-                    self._engine.command(f"ALTER TABLE {target}{on} DROP PARTITION ID '{part}'")
-                else:
-                    # A replicated table runs a mutation whose subquery reads another table
-                    # only when told to: every replica reads the same tombstones (written
-                    # before, never changed), so each removes the same rows.
-                    replicated = ", allow_nondeterministic_mutations = 1" if self._cluster else ""
-                    self._engine.command(
-                        f"ALTER TABLE {target}{on} DELETE WHERE toYYYYMM(occurred_at) = {{part:UInt32}} "
-                        f"AND event_id IN (SELECT event_id FROM {self._db}.purged_rows "
-                        "WHERE purge_id IN {ids:Array(UUID)}) "
-                        f"SETTINGS mutations_sync = 2{replicated}",
-                        params={"part": int(part), "ids": ids},
-                    )
-            (dropped if whole else mutated).append(part)
+        for part, whole in self._months(ids).items():
+            if whole:
+                # Counted again under the writers' lock, and dropped before it is let go: a row
+                # written there meanwhile (by this process) makes it a month to mutate instead.
+                with write_lock(self._engine, self._db):
+                    whole = self._months(ids, month=part).get(part, False)
+                    if whole:
+                        self._drop(part)
+                        dropped.append(part)
+            if not whole:
+                self._mutate(part, ids)
+                mutated.append(part)
         counts = self._engine.query(
             "SELECT infrastructure, uniqExact(event_id) AS n "
             f"FROM {self._db}.purged_rows WHERE purge_id IN {{ids:Array(UUID)}} GROUP BY infrastructure",
             params={"ids": ids},
         )
         return PurgeResult({r["infrastructure"]: int(r["n"]) for r in counts}, dropped, mutated)
+
+    def _months(self, ids: list[str], *, month: str | None = None) -> dict[str, bool]:
+        """The months holding rows these purges tombstoned, each with whether every row there
+        is (the partition key, which a Distributed table reads too, where _partition_id is not)."""
+        only = " AND toYYYYMM(occurred_at) = {month:UInt32}" if month is not None else ""
+        rows = self._engine.query(
+            "SELECT toString(toYYYYMM(occurred_at)) AS part, count() AS n, "
+            f"countIf(event_id IN (SELECT event_id FROM {self._db}.purged_rows "
+            "WHERE purge_id IN {ids:Array(UUID)})) AS gone "
+            f"FROM {self._db}.audit_events WHERE toYYYYMM(occurred_at) IN "
+            f"(SELECT DISTINCT toYYYYMM(occurred_at) FROM {self._db}.purged_rows "
+            f"WHERE purge_id IN {{ids:Array(UUID)}}){only} GROUP BY part ORDER BY part",
+            params={"ids": ids, "month": int(month) if month is not None else None},
+        )
+        months = {}
+        for r in rows:
+            if not _PARTITION_ID.match(r["part"]):
+                raise ValueError(f"unexpected partition id {r['part']!r}")
+            if int(r["gone"]):
+                months[r["part"]] = int(r["gone"]) == int(r["n"])
+        return months
+
+    def _targets(self) -> list[str]:
+        on = f" ON CLUSTER {self._cluster}" if self._cluster else ""
+        suffix = "_local" if self._cluster else ""
+        return [f"{self._db}.{table}{suffix}{on}" for table in ("audit_events", "audit_entity_index")]
+
+    def _drop(self, part: str) -> None:
+        for target in self._targets():
+            # A partition id is the month's digits (checked by _months), not a value to bind:
+            # ALTER ... PARTITION ID takes a literal only.
+            self._engine.command(f"ALTER TABLE {target} DROP PARTITION ID '{part}'")
+
+    def _mutate(self, part: str, ids: list[str]) -> None:
+        # A replicated table runs a mutation whose subquery reads another table only when
+        # told to: every replica reads the same tombstones (written before, never changed),
+        # so each removes the same rows.
+        replicated = ", allow_nondeterministic_mutations = 1" if self._cluster else ""
+        for target in self._targets():
+            self._engine.command(
+                f"ALTER TABLE {target} DELETE WHERE toYYYYMM(occurred_at) = {{part:UInt32}} "
+                f"AND event_id IN (SELECT event_id FROM {self._db}.purged_rows "
+                "WHERE purge_id IN {ids:Array(UUID)}) "
+                f"SETTINGS mutations_sync = 2{replicated}",
+                params={"part": int(part), "ids": ids},
+            )
 
     def purge(
         self,

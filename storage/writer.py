@@ -154,6 +154,13 @@ def _store_state(engine: Engine, database: str) -> _StoreState:
         return _STATES.setdefault((id(engine), database), _StoreState(threading.Lock(), {}, {}, {}))
 
 
+def write_lock(engine: Engine, database: str) -> threading.Lock:
+    """The lock every writer of this store in this process holds while it writes: a purge
+    holds it between finding a month wholly expired and dropping it, so that no row lands
+    there in between (storage.retention)."""
+    return _store_state(engine, check_identifier(database)).lock
+
+
 class EventWriter:
     def __init__(self, engine: Engine, *, database: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
         self._engine = engine
