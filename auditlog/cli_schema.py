@@ -5,6 +5,7 @@
     auditlog schema --cluster audit --apply           # run it through AUDITLOG_STORE_URL
     auditlog schema --cluster audit --check --wait 600  # exit 0 once every table exists as expected
     auditlog schema --describe                        # the analyst views' data dictionary
+    auditlog schema --analyst-roles [--apply]         # a ClickHouse role and row policy per directory user
 
 The statements come from `storage.cluster_ddl` (generated from `storage.migrations`).
 """
@@ -62,6 +63,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="exit 0 if every table exists with the expected engine and every migration is recorded",
     )
     p.add_argument("--wait", type=float, default=0.0, help="with --check: keep checking this many seconds")
+    p.add_argument(
+        "--analyst-roles",
+        action="store_true",
+        help="instead of the schema: a ClickHouse role per user of the store's directories, with a row "
+        "policy over that user's current scope (storage.analyst_roles); the services keep the scopes "
+        "current with AUDITLOG_STORE_ANALYST_ROLES=true",
+    )
+    p.add_argument(
+        "--service-user",
+        default="auditlog",
+        help="with --analyst-roles: the ClickHouse user of the services, which sees every row",
+    )
     p.set_defaults(func=cmd_schema)
 
 
@@ -142,10 +155,41 @@ def _check(settings: StoreSettings, database: str, stmts: list[Statement], wait_
     return problems
 
 
+def _analyst_roles(args: argparse.Namespace, settings: StoreSettings, database: str) -> int:
+    from storage.analyst_roles import AnalystScopes, ddl
+    from storage.store import Store
+
+    store = Store.open(settings.model_copy(update={"database": database}))
+    try:
+        directories = store.directory.load()
+        stmts = ddl(directories, database=database, service_user=args.service_user, cluster=args.cluster)
+        if not args.apply:
+            sys.stdout.write("".join(f"{sql};\n\n" for sql in stmts))
+            return 0
+        AnalystScopes(store.engine, database=database).sync(directories)
+        for n, sql in enumerate(stmts, start=1):
+            try:
+                store.engine.command(sql)
+            except StoreError as exc:
+                print(f"error: statement {n} failed: {exc}", file=sys.stderr)
+                return 1
+        AnalystScopes(store.engine, database=database).reload()
+        print(
+            f"applied {len(stmts)} statements: roles of {sum(len(d.users) for d in directories)} users",
+            file=sys.stderr,
+        )
+        return 0
+    finally:
+        store.close()
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     if args.describe:
         sys.stdout.write(describe())
         return 0
+    if args.analyst_roles:
+        settings = StoreSettings()
+        return _analyst_roles(args, settings, args.database or settings.database)
     settings = StoreSettings()
     database = args.database or settings.database
     try:

@@ -81,6 +81,8 @@ PLACEMENT: Final[dict[str, str | None]] = {
     "legal_holds": None,
     # A purged row's tombstone, on the shard its row was on.
     "purged_rows": _EVENT_KEY,
+    # Read by each node's dictionary (storage.analyst_roles), locally.
+    "analyst_scopes": None,
 }
 
 # Retention: the time column each expiring table is dropped by.

@@ -17,6 +17,7 @@ from storage.analyst_view import scoped_view_statements, view_statements
 from storage.engine import Engine
 from storage.leaf_sql import body_sql, leaf_hash_of_sql
 from storage.record import COLUMNS, KEY_COLUMNS
+from storage.scope_predicate import SCOPE_VIEW_TYPES
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -47,6 +48,7 @@ def _codec(name: str) -> str:
 
 
 _TYPES = dict(COLUMNS)
+_SCOPE_COLUMNS = ",\n    ".join(f"{name} {t}" for name, t in SCOPE_VIEW_TYPES.items())
 _column_defs = ",\n    ".join(f"{name} {ctype} {_codec(name)}" for name, ctype in COLUMNS)
 _key_defs = ",\n    ".join(f"{name} {_TYPES[name]} {_codec(name)}" for name in KEY_COLUMNS)
 _key_list = ", ".join(KEY_COLUMNS)
@@ -306,6 +308,20 @@ ENGINE = ReplacingMergeTree
 ORDER BY (log, leaf_index, event_id)
 """
 
+# Per ClickHouse role of a directory user, its read scope now: what the row policies of
+# `storage.analyst_roles` read through a dictionary. The newest version of a role wins.
+_ANALYST_SCOPES = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.analyst_scopes (
+    role String,
+    infrastructure String,
+    user_id String,
+    {_SCOPE_COLUMNS},
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY role
+"""
+
 # The analysts' views, from `analyst_view.COLUMNS`. A store migrated keeps the views it was
 # given: a later change of the columns needs a migration of its own that replaces them
 # (`view_statements(replace=True)`).
@@ -512,6 +528,7 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
     # these, whose bodies nothing in the caller's query can reach into.
     Migration(12, "scoped_analyst_views", scoped_view_statements()),
     Migration(13, "retention", (_RETENTION_POLICIES, _LEGAL_HOLDS, _PURGED_ROWS)),
+    Migration(14, "analyst_scopes", (_ANALYST_SCOPES,)),
 )
 
 

@@ -16,6 +16,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producers.contract.directory import Directories, Directory, DirectorySnapshot
+from storage.analyst_roles import AnalystScopes
 from storage.analyst_sql import AnalystSql
 from storage.dead_letter_reader import DeadLetterReader
 from storage.engine import ChdbEngine, Engine, ServerEngine
@@ -51,6 +52,11 @@ class StoreSettings(BaseSettings):
         default="",
         description="the ClickHouse cluster the schema was made for (auditlog schema --cluster): retention "
         "purges mutate its _local tables ON CLUSTER",
+    )
+    analyst_roles: bool = Field(
+        default=False,
+        description="keep the scopes of the analysts' ClickHouse roles current on every directory change "
+        "(auditlog schema --analyst-roles; docs/analyst-views.md)",
     )
     query_max_memory_bytes: int = Field(
         default=4 * 1024**3, ge=64 * 1024**2, description="most memory one read may take"
@@ -109,9 +115,12 @@ def key_id_of(key_hash: str) -> str:
 
 
 class DirectoryRepository:
-    def __init__(self, engine: Engine, database: str) -> None:
+    """`scopes`: keep the analyst roles' scopes current (storage.analyst_roles) on every change."""
+
+    def __init__(self, engine: Engine, database: str, *, scopes: AnalystScopes | None = None) -> None:
         self._engine = engine
         self._db = database
+        self._scopes = scopes
 
     def save(self, snapshots: list[DirectorySnapshot], *, version: int) -> None:
         if not snapshots:
@@ -134,6 +143,8 @@ class DirectoryRepository:
             columns=("infrastructure", "kind", "id", "version", "deleted", "entity"),
             data=data,
         )
+        if self._scopes is not None:
+            self._scopes.sync(self.load(), infrastructures={s.infrastructure for s in snapshots})
 
     def changes(self, directory: Directory, *, stored: Directories | None = None) -> list[DirectorySnapshot]:
         """What makes `directory` the whole truth of its infrastructure: every entity it holds,
@@ -298,6 +309,7 @@ class Store:
         insert_chunk_rows: int = 50_000,
         read_limits: ReadLimits | None = None,
         cluster: str = "",
+        analyst_roles: bool = False,
     ) -> None:
         self.engine = engine
         self.database = check_identifier(database)
@@ -305,7 +317,8 @@ class Store:
         self.writer = EventWriter(engine, database=self.database, chunk_rows=insert_chunk_rows)
         self.reader = EventReader(engine, database=self.database, limits=read_limits or ReadLimits())
         self.dead_letters = DeadLetterReader(engine, database=self.database, limits=read_limits)
-        self.directory = DirectoryRepository(engine, self.database)
+        scopes = AnalystScopes(engine, database=self.database) if analyst_roles else None
+        self.directory = DirectoryRepository(engine, self.database, scopes=scopes)
         self.keys = KeyRepository(engine, self.database)
         self.tree = TreeStore(engine, database=self.database)
         self.retention = RetentionStore(engine, database=self.database, cluster=cluster or None)
@@ -328,6 +341,7 @@ class Store:
             insert_chunk_rows=s.insert_chunk_rows,
             read_limits=limits,
             cluster=s.cluster,
+            analyst_roles=s.analyst_roles,
         )
 
     def event_count(self) -> int:
