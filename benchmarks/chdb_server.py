@@ -55,6 +55,9 @@ class RecordingEngine:
     def command(self, sql: str, *, params: Params | None = None) -> None:
         self.inner.command(sql, params=params)
 
+    def command_aside(self, sql: str, *, params: Params | None = None) -> None:
+        self.inner.command_aside(sql, params=params)
+
     def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
         self.inner.insert_json(table, columns=columns, data=data)
 

@@ -34,14 +34,29 @@ from benchmarks.dataset import DATABASE
 NOW_MS = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-def _pages_while(store: Any, scope: Any, stop: threading.Event, out: list[float]) -> None:
+def _pages_while(
+    store: Any, scope: Any, stop: threading.Event, out: list[float], writes: list[float]
+) -> None:
+    """First pages of the global log, and one-row inserts on the writers' connection (where
+    the record of every read goes), until stopped."""
     from storage.reader import EventFilter, View
 
     while not stop.is_set():
         started = time.perf_counter()
         store.reader.page(scope=scope, view=View(), filters=EventFilter(), limit=50)
         out.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        store.engine.insert_json(f"{store.database}.bench_probe", columns=("n",), data=b'{"n": 1}')
+        writes.append((time.perf_counter() - started) * 1000)
         time.sleep(0.05)
+
+
+def _figures(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(values), 1) if values else None,
+        "max": round(max(values), 1) if values else None,
+    }
 
 
 def _run(store: Any, scope: Any, name: str, policy: Any, holds: list[Any]) -> dict[str, Any]:
@@ -56,15 +71,17 @@ def _run(store: Any, scope: Any, name: str, policy: Any, holds: list[Any]) -> di
     plan_s = time.perf_counter() - started
     # The same pages for a while before the purge, side by side: what the purge adds to them.
     idle: list[float] = []
+    idle_writes: list[float] = []
     stop = threading.Event()
-    pager = threading.Thread(target=_pages_while, args=(store, scope, stop, idle), daemon=True)
+    pager = threading.Thread(target=_pages_while, args=(store, scope, stop, idle, idle_writes), daemon=True)
     pager.start()
     time.sleep(5)
     stop.set()
     pager.join()
     latencies: list[float] = []
+    writes: list[float] = []
     stop = threading.Event()
-    pager = threading.Thread(target=_pages_while, args=(store, scope, stop, latencies), daemon=True)
+    pager = threading.Thread(target=_pages_while, args=(store, scope, stop, latencies, writes), daemon=True)
     pager.start()
     started = time.perf_counter()
     # The record is the caller's (an audit_log.purge event); a fresh id stands for it here.
@@ -83,16 +100,10 @@ def _run(store: Any, scope: Any, name: str, policy: Any, holds: list[Any]) -> di
         "partitions_mutated": result.partitions_mutated,
         "plan_s": round(plan_s, 2),
         "execute_s": round(execute_s, 2),
-        "first_page_ms_before": {
-            "n": len(idle),
-            "p50": round(statistics.median(idle), 1) if idle else None,
-            "max": round(max(idle), 1) if idle else None,
-        },
-        "first_page_ms_during": {
-            "n": len(latencies),
-            "p50": round(statistics.median(latencies), 1) if latencies else None,
-            "max": round(max(latencies), 1) if latencies else None,
-        },
+        "first_page_ms_before": _figures(idle),
+        "first_page_ms_during": _figures(latencies),
+        "insert_ms_before": _figures(idle_writes),
+        "insert_ms_during": _figures(writes),
     }
 
 
@@ -112,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"copied in {time.perf_counter() - started:.0f} s to {copy}", flush=True)
     try:
         store = Store.open(StoreSettings(path=copy, database=DATABASE))
+        store.engine.command(f"CREATE TABLE {DATABASE}.bench_probe (n UInt8) ENGINE = Memory")
         directories = store.directory.load()
         [directory] = list(directories)
         admin = next(

@@ -104,6 +104,10 @@ class Engine(Protocol):
 
     def command(self, sql: str, *, params: Params | None = None) -> None: ...
 
+    def command_aside(self, sql: str, *, params: Params | None = None) -> None:
+        """A long statement (a purge's mutation) that must not hold the writers behind it."""
+        ...
+
     def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
         """Insert JSONEachRow data into `table`: newline-delimited objects, or one JSON array of them."""
         ...
@@ -232,6 +236,16 @@ class ChdbEngine:
     def command(self, sql: str, *, params: Params | None = None) -> None:
         self._run(sql, params, "CSV")
 
+    def command_aside(self, sql: str, *, params: Params | None = None) -> None:
+        # On a read connection: the writers' connection stays free for inserts (the record of
+        # every read among them) while a mutation rewrites a month.
+        bound = self._params(params)
+        with self._reader() as conn:
+            try:
+                conn.query(sql, "CSV", params=bound)
+            except Exception as exc:
+                raise StoreError.from_exception(exc) from None
+
     def _insert(self, table: str, columns: Sequence[str], data: bytes, fmt: str) -> None:
         cols = ", ".join(columns)
         with self._lock:
@@ -314,6 +328,9 @@ class ServerEngine:
             self._client.command(sql, parameters=dict(params or {}))
         except Exception as exc:
             raise StoreError.from_exception(exc) from None
+
+    def command_aside(self, sql: str, *, params: Params | None = None) -> None:
+        self.command(sql, params=params)
 
     def _insert(self, table: str, columns: Sequence[str], data: bytes, fmt: str) -> None:
         try:

@@ -435,7 +435,7 @@ class RetentionStore:
             return PurgeResult({})
         sel = _selection(self._db, plan.now_ms, policies, plan.holds, purge_ids)
         ids = list(purge_ids.values())
-        self._engine.command(
+        self._engine.command_aside(
             f"INSERT INTO {self._db}.purged_rows "
             "(log, leaf_index, event_id, occurred_at, infrastructure, rule, cutoff, purge_id) "
             "SELECT log, leaf_index, event_id, occurred_at, infrastructure, rule, cutoff, purge_id "
@@ -501,7 +501,7 @@ class RetentionStore:
         # so each removes the same rows.
         replicated = ", allow_nondeterministic_mutations = 1" if self._cluster else ""
         for target in self._targets():
-            self._engine.command(
+            self._engine.command_aside(
                 f"ALTER TABLE {target} DELETE WHERE toYYYYMM(occurred_at) = {{part:UInt32}} "
                 f"AND event_id IN (SELECT event_id FROM {self._db}.purged_rows "
                 "WHERE purge_id IN {ids:Array(UUID)}) "

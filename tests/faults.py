@@ -39,6 +39,9 @@ class FaultyEngine:
     def command(self, sql: str, *, params: Params | None = None) -> None:
         self._inner.command(sql, params=params)
 
+    def command_aside(self, sql: str, *, params: Params | None = None) -> None:
+        self._inner.command_aside(sql, params=params)
+
     def insert_json(self, table: str, *, columns: Sequence[str], data: bytes) -> None:
         if table.endswith(".audit_events"):
             if self._after > 0:
