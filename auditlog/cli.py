@@ -42,8 +42,13 @@ def _store_settings(args: argparse.Namespace) -> StoreSettings:
     return settings
 
 
+_OPENED: list[Store] = []
+
+
 def _open_store(args: argparse.Namespace) -> Store:
-    return Store.open(_store_settings(args))
+    store = Store.open(_store_settings(args))
+    _OPENED.append(store)
+    return store
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -489,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        # chDB shut down by its own close, not by its static destructors after the
+        # interpreter's, which can crash (see auditlog.worker).
+        while _OPENED:
+            _OPENED.pop().close()
 
 
 if __name__ == "__main__":

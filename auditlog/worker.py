@@ -138,3 +138,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if ingestor is not None:
             ingestor.close()
         runtime.close()
+        # chDB shut down here, by its own close, not by its static destructors after the
+        # interpreter's: those crash (SIGSEGV, "ShutdownTablesThreadPool is not initialized")
+        # depending on what else the process had loaded (tests/test_worker_e2e.py).
+        runtime.store.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from producers.contract.event import KindName
 from producers.contract.permissions import Caller, may_manage
 from query_api.admin import need_admin, record_task
 from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
+from query_api.read_audit import ReadAuditor
 from query_api.serialize import rfc3339_ms, to_ms
 from storage.retention import MAX_DAYS, RETENTION_ACTIONS, LegalHold, Policy, PurgePlan, PurgeResult, Rule
 
@@ -249,15 +251,12 @@ def _purge_out(plan: PurgePlan, result: PurgeResult, infrastructure: str, purge_
     )
 
 
-def purge_recorder(services: Services) -> Any:
-    """`record` for `RetentionStore.purge`: each infrastructure's plan as an `audit_log.purge` event."""
-    auditor = services.auditor
-    if auditor is None:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="a purge is recorded in the log before it runs, and this service records nothing "
-            "(AUDITLOG_API_AUDIT_READS=false)",
-        )
+PurgeRecorder = Callable[[str, dict[str, Any]], str]
+
+
+def purge_recorder(auditor: ReadAuditor) -> PurgeRecorder:
+    """`record` for `RetentionStore.purge`: each infrastructure's plan as an `audit_log.purge`
+    event of the system actor, durable before the purge goes on (or it raises)."""
 
     def record(infrastructure: str, details: dict[str, Any]) -> str:
         return auditor.record_system(
@@ -279,11 +278,17 @@ def purge_now(
     dry_run: Annotated[bool, Query(description="count, remove nothing")] = True,
 ) -> PurgeOut:
     need_admin(may_manage(scope))
-    record = purge_recorder(services)
+    if services.auditor is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="a purge is recorded in the log before it runs, and this service records nothing "
+            "(AUDITLOG_API_AUDIT_READS=false)",
+        )
+    record = purge_recorder(services.auditor)
     ids: dict[str, str] = {}
 
     def recorded(infrastructure: str, details: dict[str, Any]) -> str:
-        ids[infrastructure] = str(record(infrastructure, {**details, "requested_by": caller.user_id}))
+        ids[infrastructure] = record(infrastructure, {**details, "requested_by": caller.user_id})
         return ids[infrastructure]
 
     plan, result = services.store.retention.purge(
