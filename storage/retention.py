@@ -433,7 +433,14 @@ class RetentionStore:
         policies = {i: plan.policies[i] for i in purge_ids}
         if not policies:
             return PurgeResult({})
-        sel = _selection(self._db, plan.now_ms, policies, plan.holds, purge_ids)
+        # The holds of the plan and any placed since it was recorded: a hold placed while a
+        # purge runs keeps what it covers (one lifted meanwhile still keeps it, this once).
+        holds = {i: list(hs) for i, hs in plan.holds.items()}
+        planned = {h.hold_id for hs in plan.holds.values() for h in hs}
+        for hold in self.holds():
+            if hold.hold_id not in planned:
+                holds.setdefault(hold.infrastructure, []).append(hold)
+        sel = _selection(self._db, plan.now_ms, policies, holds, purge_ids)
         ids = list(purge_ids.values())
         self._engine.command_aside(
             f"INSERT INTO {self._db}.purged_rows "

@@ -323,3 +323,23 @@ def test_the_command_line_sets_shows_and_purges_and_verify_agrees(tmp_path: Path
     assert run.returncode == 0, run.stdout + run.stderr
     [local] = [r for r in map(orjson.loads, run.stdout.splitlines()) if r["log"] == "local"]
     assert local["expired"] == 4 and local["ok"]
+
+
+def test_a_hold_placed_while_a_purge_runs_keeps_what_it_covers(store: Store) -> None:
+    _ingest(store, OLD_DEV)
+    store.retention.set_policy("acme", POLICY, by="u-priya", now_ms=NOW_MS)
+    plan = store.retention.plan(NOW_MS)
+    assert plan.rows("acme") == len(OLD_DEV)
+    # Placed after the plan was made and recorded, before the rows are removed.
+    store.retention.create_hold(
+        LegalHold(
+            hold_id="late", infrastructure="acme", name="late", reason="", created_at_ms=NOW_MS,
+            created_by="u-priya", entity="application/app-1",
+        )
+    )  # fmt: skip
+    purge_id = _auditor(store).record_system(
+        "acme", actor_id="auditlog-retention", action="audit_log.purge", details=plan.details("acme")
+    )
+    result = store.retention.execute(plan, {"acme": purge_id})
+    kept = {e["event_id"] for e in OLD_DEV if e["target"]["id"] == "app-1"}
+    assert kept and _ids(store) == kept and result.purged == {"acme": len(OLD_DEV) - len(kept)}
