@@ -167,7 +167,7 @@ def cmd_set(args: argparse.Namespace) -> int:
             raise RetentionCliError(
                 f"{rule.environment!r} is no environment id of {args.infrastructure!r}'s directory"
             )
-    before = store.retention.policies(args.infrastructure).get(args.infrastructure)
+    before = store.retention.policy(args.infrastructure)
     # On record before it applies, like the API's PUT /v1/retention.
     _auditor(store).record_system(
         args.infrastructure,

@@ -165,7 +165,7 @@ def _hold_out(hold: LegalHold, rows_covered: int | None = None) -> HoldOut:
 
 def retention_of(services: Services, infrastructure: str) -> RetentionOut:
     retention = services.store.retention
-    stored = retention.policies(infrastructure).get(infrastructure)
+    stored = retention.policy(infrastructure)
     policy = None
     if stored is not None:
         policy = PolicyOut(
@@ -223,7 +223,7 @@ def set_retention(
             Rule(days=r.days, environment=r.environment, entity_kind=r.entity_kind) for r in body.rules
         ),
     )
-    before = services.store.retention.policies(caller.infrastructure).get(caller.infrastructure)
+    before = services.store.retention.policy(caller.infrastructure)
     _task(
         request,
         services,
@@ -373,14 +373,10 @@ def lift_hold(
 ) -> HoldOut:
     need_admin(may_manage(scope))
     retention = services.store.retention
-    found = [h for h in retention.holds(caller.infrastructure, include_lifted=True) if h.hold_id == hold_id]
-    if not found:
+    found = retention.hold(caller.infrastructure, hold_id)
+    if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such legal hold")
-    if not found[0].active:
+    if not found.active:
         raise HTTPException(status.HTTP_409_CONFLICT, detail="this legal hold is already lifted")
-    _task(request, services, caller, "audit_log.legal_hold_lift", {"hold": _hold_out(found[0]).model_dump()})
-    lifted = retention.lift_hold(
-        caller.infrastructure, hold_id, by=caller.user_id, now_ms=int(time.time() * 1000)
-    )
-    assert lifted is not None
-    return _hold_out(lifted)
+    _task(request, services, caller, "audit_log.legal_hold_lift", {"hold": _hold_out(found).model_dump()})
+    return _hold_out(retention.lift(found, by=caller.user_id, now_ms=int(time.time() * 1000)))

@@ -316,6 +316,9 @@ class RetentionStore:
             for r in rows
         }
 
+    def policy(self, infrastructure: str) -> StoredPolicy | None:
+        return self.policies(infrastructure).get(infrastructure)
+
     def set_policy(self, infrastructure: str, policy: Policy, *, by: str, now_ms: int) -> StoredPolicy:
         self._engine.command(
             f"INSERT INTO {self._db}.retention_policies "
@@ -379,13 +382,21 @@ class RetentionStore:
         self._write_hold(hold, version=time_version(hold.created_at_ms))
         return hold
 
-    def lift_hold(self, infrastructure: str, hold_id: str, *, by: str, now_ms: int) -> LegalHold | None:
+    def hold(self, infrastructure: str, hold_id: str) -> LegalHold | None:
+        """One hold of the infrastructure, lifted or not."""
         found = [h for h in self.holds(infrastructure, include_lifted=True) if h.hold_id == hold_id]
-        if not found or not found[0].active:
-            return found[0] if found else None
-        lifted = LegalHold(**{**asdict(found[0]), "lifted_at_ms": now_ms, "lifted_by": by})
+        return found[0] if found else None
+
+    def lift(self, hold: LegalHold, *, by: str, now_ms: int) -> LegalHold:
+        lifted = LegalHold(**{**asdict(hold), "lifted_at_ms": now_ms, "lifted_by": by})
         self._write_hold(lifted, version=time_version(now_ms))
         return lifted
+
+    def lift_hold(self, infrastructure: str, hold_id: str, *, by: str, now_ms: int) -> LegalHold | None:
+        found = self.hold(infrastructure, hold_id)
+        if found is None or not found.active:
+            return found
+        return self.lift(found, by=by, now_ms=now_ms)
 
     def rows_covered(self, hold: LegalHold) -> int:
         """How many stored rows the hold covers now: a hold that covers none was probably
