@@ -103,7 +103,7 @@ class Server:
         else:
             view = View()
         f = spec.get("filters", {})
-        search = compile_query(spec["text"], now=datetime.now(UTC)) if spec.get("text") else None
+        search = compile_query(spec["text"], now=datetime.now(UTC)).search if spec.get("text") else None
         flt = EventFilter(
             since_ms=f.get("since_ms"),
             until_ms=f.get("until_ms"),

@@ -25,24 +25,18 @@ from producers.contract.event import ENTITY_KINDS, KindName
 from producers.contract.permissions import Caller, ReadScope, may_read_activity_log, may_read_entity
 from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
 from query_api.inclusion import inclusion
+from query_api.models import Event, EventPage
 from query_api.parquet_export import MEDIA_TYPE as PARQUET
 from query_api.parquet_export import ParquetStream
 from query_api.read_audit import ReadNotRecorded
-from query_api.search import SearchSyntaxError, compile_query
-from query_api.serialize import event_out, to_ms
+from query_api.search import SearchSyntaxError, compile_query, resolve
+from query_api.serialize import event_out, summary_out, to_ms
 from storage.reader import MAX_PAGE, CursorError, EventFilter, View
 
 router = APIRouter(prefix="/v1")
 log = logging.getLogger("auditlog.api")
 
 Outcome = Literal["success", "failure", "denied"]
-
-
-class EventPage(BaseModel):
-    """A page of events, newest first. Pass `next_cursor` as `cursor` for the next page."""
-
-    items: list[dict[str, Any]]
-    next_cursor: str | None
 
 
 class IngestResult(BaseModel):
@@ -101,6 +95,8 @@ class Filters:
         cursor: Annotated[
             str | None, Query(max_length=2048, description="next_cursor of the previous page")
         ] = None,
+        *,
+        directory: CurrentDirectory,
     ) -> None:
         since_ms, until_ms = to_ms(since), to_ms(until)
         if since_ms is not None and until_ms is not None and since_ms >= until_ms:
@@ -117,6 +113,7 @@ class Filters:
                 prefixes.append(a.rstrip("*"))
             else:
                 exact.append(a)
+        notes: list[str] = []
         entities: list[tuple[str, str]] = []
         for ref in entity:
             kind, sep, ident = ref.partition("/")
@@ -127,32 +124,41 @@ class Filters:
                     f"entity {ref[:64]!r}: unknown kind {kind[:32]!r}; "
                     f"expected one of {', '.join(ENTITY_KINDS)}"
                 )
-            entities.append((kind, ident))
+            entities.extend((kind, i) for i in resolve(directory, kind, (ident,), notes))
         search = None
         if q is not None and q.strip():
             try:
-                search = compile_query(q, now=datetime.now(UTC))
+                compiled = compile_query(q, now=datetime.now(UTC), directory=directory)
             except SearchSyntaxError as exc:
                 raise _bad(f"query parameter q: {exc}") from None
+            search = compiled.search
+            notes.extend(compiled.notes)
         self.filter = EventFilter(
             since_ms=since_ms,
             until_ms=until_ms,
-            actor_ids=tuple(actor),
+            # Names as well as ids, as in the search's actor: and env: (query_api.search.resolve).
+            actor_ids=resolve(directory, "user", tuple(actor), notes),
             actions=tuple(exact),
             action_prefixes=tuple(prefixes),
             kinds=tuple(entity_kind),
             entities=tuple(entities),
-            environments=tuple(environment),
+            environments=resolve(directory, "environment", tuple(environment), notes),
             outcomes=tuple(outcome),
-            infrastructures=tuple(infrastructure),
+            infrastructures=resolve(directory, "infrastructure", tuple(infrastructure), notes),
             search=search,
         )
+        self.notes = tuple(dict.fromkeys(notes))
         self.limit = limit
         self.cursor = cursor
 
 
 FiltersDep = Annotated[Filters, Depends()]
 IncludeTotal = Annotated[bool, Query(description="also count every matching row (slower on big ranges)")]
+FieldsName = Literal["summary", "full"]
+Fields = Annotated[
+    FieldsName,
+    Query(description="summary: what a list shows of each event (the default); full: every field"),
+]
 
 
 @dataclass
@@ -199,7 +205,7 @@ class Reading:
 KNOWN_PARAMETERS = frozenset(
     {
         "since", "until", "actor", "action", "entity_kind", "entity", "environment", "outcome",
-        "infrastructure", "q", "limit", "cursor", "include_total", "format", "size", "proofs",
+        "infrastructure", "q", "limit", "cursor", "include_total", "format", "size", "proofs", "fields",
     }
 )  # fmt: skip
 
@@ -223,8 +229,11 @@ def _query_details(request: Request) -> dict[str, Any]:
     return {"query": {k: v for k, v in request.query_params.multi_items() if k != "cursor"}}
 
 
-def _page(reading: Reading, view: View, filters: Filters, include_total: bool = False) -> Response:
+def _page(
+    reading: Reading, view: View, filters: Filters, include_total: bool, fields: FieldsName
+) -> Response:
     reader = reading.services.store.reader
+    summary = fields == "summary"
     with reading.turn():
         try:
             page = reader.page(
@@ -233,10 +242,14 @@ def _page(reading: Reading, view: View, filters: Filters, include_total: bool = 
                 filters=filters.filter,
                 limit=filters.limit,
                 cursor=filters.cursor,
+                summary=summary,
             )
         except CursorError as exc:
             raise _bad(str(exc)) from None
-        body: dict[str, Any] = {"items": [event_out(r) for r in page.items], "next_cursor": page.next_cursor}
+        out = summary_out if summary else event_out
+        body: dict[str, Any] = {"items": [out(r) for r in page.items], "next_cursor": page.next_cursor}
+        if not page.items and filters.notes:
+            body["notes"] = list(filters.notes)
         if include_total:
             body["total"] = reader.count(scope=reading.scope, view=view, filters=filters.filter)
     reading.audit(
@@ -257,12 +270,13 @@ def user_activity(
     reading: ReadingDep,
     filters: FiltersDep,
     include_total: IncludeTotal = False,
+    fields: Fields = "summary",
 ) -> Response:
     if not may_read_activity_log(reading.scope):
         raise reading.deny(
             "the activity log needs Manage Infrastructure and Users", {"view": "activity", "user_id": user_id}
         )
-    return _page(reading, View(kind="activity", actor_id=user_id), filters, include_total)
+    return _page(reading, View(kind="activity", actor_id=user_id), filters, include_total, fields)
 
 
 @router.get(
@@ -277,6 +291,7 @@ def entity_changes(
     reading: ReadingDep,
     filters: FiltersDep,
     include_total: IncludeTotal = False,
+    fields: Fields = "summary",
 ) -> Response:
     if kind not in ENTITY_KINDS:
         raise _bad(f"unknown entity kind {kind[:64]!r}; expected one of {', '.join(ENTITY_KINDS)}")
@@ -286,12 +301,14 @@ def entity_changes(
             {"view": "entity", "entity": f"{kind}/{entity_id}"},
         )
     view = View(kind="entity", entity_kind=kind, entity_id=entity_id)
-    return _page(reading, view, filters, include_total)
+    return _page(reading, view, filters, include_total, fields)
 
 
 @router.get("/events", response_model=EventPage, summary="Global audit log: every task the caller may read")
-def global_log(reading: ReadingDep, filters: FiltersDep, include_total: IncludeTotal = False) -> Response:
-    return _page(reading, View(), filters, include_total)
+def global_log(
+    reading: ReadingDep, filters: FiltersDep, include_total: IncludeTotal = False, fields: Fields = "summary"
+) -> Response:
+    return _page(reading, View(), filters, include_total, fields)
 
 
 FACETS = ("action", "actor_id", "target_kind", "environment", "outcome")
@@ -475,7 +492,8 @@ def export(
 
 @router.get(
     "/events/{event_id}",
-    summary="One event",
+    response_model=Event,
+    summary="One event, whole",
     responses={404: {"description": "no such event, or not visible to the caller"}},
 )
 def one_event(event_id: UUID, reading: ReadingDep) -> Response:

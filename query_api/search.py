@@ -6,14 +6,19 @@
 
 - `qualifier:value`; several values separated by commas mean OR; a leading `-`
   negates the whole term; `action:` values ending in `*` are prefixes.
+- `actor:`, `env:`, `infra:` and `entity:KIND/…` take an id or a name, as the viewer
+  shows it (`env:Production`), case-insensitively; so do the listing's `?actor=` and
+  `?environment=`, through the same `resolve`.
 - `after:` / `before:` take a date, an RFC 3339 time, or a relative `-7d`,
   `-12h`, `-30m`, `-2w` (relative to the request time handed in).
-- Anything else is free text, matched case-insensitively over actor, target and
-  related names, ids, the reason and the details; quote it to keep spaces.
+- Anything else is free text: words, case-insensitively, over the actor, target and
+  related names and ids, the reason, the changes and the details (a word index serves
+  them). `conn*` is a word prefix; `"connection refused"` (or `v1.2.3-hotfix`) the words
+  in order, as typed. `contains:fused` is a substring anywhere: slower, a scan.
 
-`compile_query` turns the text into a `SearchClause`: a SQL fragment over fixed
-column names with every value a bound parameter. Errors are `SearchSyntaxError`
-naming the offending token and its position.
+`compile_query` turns the text into the reader's filter model (`storage.filters.Search`);
+it writes no SQL. Errors are `SearchSyntaxError` naming the offending token and its
+position.
 """
 
 from __future__ import annotations
@@ -21,16 +26,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from producers.contract.directory import Directory
 from producers.contract.event import ENTITY_KINDS
-from storage.reader import SearchClause
+from storage.filters import Match, MatchField, Search
 
 MAX_QUERY_LENGTH = 2000
 MAX_TERMS = 50
 MAX_VALUES = 100
 
-QUALIFIERS = ("actor", "action", "kind", "entity", "env", "outcome", "ip", "after", "before", "infra")
+QUALIFIERS = (
+    "actor", "action", "kind", "entity", "env", "outcome", "ip", "after", "before", "infra", "contains",
+)  # fmt: skip
 OUTCOMES = ("success", "failure", "denied")
 _RELATIVE = re.compile(r"^-(\d{1,5})([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -158,14 +165,16 @@ def _check(qualifier: str, values: tuple[str, ...], token: Token) -> None:
     for v in values:
         if len(v) > 256:
             raise bad("value longer than 256 characters")
-        if qualifier == "kind" and v not in ENTITY_KINDS:
+        if qualifier == "kind" and v.lower() not in ENTITY_KINDS:
             raise bad(f"unknown entity kind {v!r}; expected one of {', '.join(ENTITY_KINDS)}")
-        if qualifier == "outcome" and v not in OUTCOMES:
+        if qualifier == "outcome" and v.lower() not in OUTCOMES:
             raise bad(f"unknown outcome {v!r}; expected one of {', '.join(OUTCOMES)}")
         if qualifier == "entity":
             kind, slash, ident = v.partition("/")
-            if not slash or not ident or kind not in ENTITY_KINDS:
-                raise bad("entity needs KIND/ID with a known kind, e.g. entity:application/app-42")
+            if not slash or not ident or kind.lower() not in ENTITY_KINDS:
+                raise bad(
+                    "entity needs KIND/ID or KIND/NAME with a known kind, e.g. entity:application/app-42"
+                )
         if qualifier == "action" and "*" in v.rstrip("*"):
             raise bad("* is only allowed at the end of an action, as a prefix wildcard")
     if qualifier in ("after", "before") and len(values) != 1:
@@ -189,70 +198,85 @@ def parse_time(value: str, *, now: datetime, token: Token | None = None) -> date
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-# Free text looks at what a person would search for; ids too, so pasting one works.
-_TEXT_COLUMNS = (
-    "actor_id",
-    "actor_name",
-    "target_id",
-    "target_name",
-    "arrayStringConcat(related_names, ' ')",
-    "arrayStringConcat(related_ids, ' ')",
-    "reason",
-    "details",
-    "changes",
-)
+# What a qualifier matches in the reader's filter model (storage.filters.Match).
+_FIELDS: dict[str, MatchField] = {
+    "actor": "actor",
+    "action": "action",
+    "kind": "kind",
+    "entity": "entity",
+    "env": "environment",
+    "infra": "infrastructure",
+    "outcome": "outcome",
+    "ip": "ip",
+    "contains": "substring",
+}
+# Where the viewer shows a name, the qualifier takes it too: the directory's kind of each.
+_NAMED = {"actor": "user", "env": "environment", "infra": "infrastructure"}
 
 
-def compile_query(text: str, *, now: datetime) -> SearchClause:
-    """The query as a SQL fragment with bound parameters (always ANDed inside the caller's scope)."""
+@dataclass(frozen=True)
+class Compiled:
+    """A search in the reader's filter model, and why it may match nothing when that can
+    be told in advance (a name or id the directory does not know)."""
+
+    search: Search
+    notes: tuple[str, ...] = ()
+
+
+def resolve(
+    directory: Directory | None, kind: str, values: tuple[str, ...], notes: list[str]
+) -> tuple[str, ...]:
+    """Ids for names or ids as typed (case-insensitively), the directory's as it is now.
+
+    A value the directory does not know is kept as an id: rows outlive the entities they
+    name (a deleted user, a service account), and a note says what was not found."""
+    out: list[str] = []
+    for value in values:
+        ids = directory.resolve(kind, value) if directory is not None else ()
+        if not ids:
+            if directory is not None:
+                notes.append(f"no {kind.replace('_', ' ')} has the id or name {value!r}")
+            ids = (value,)
+        out.extend(i for i in ids if i not in out)
+    return tuple(out)
+
+
+def compile_query(text: str, *, now: datetime, directory: Directory | None = None) -> Compiled:
+    """The query in the reader's filter model (always ANDed inside the caller's scope).
+
+    With `directory`, names become ids (`env:Production`, `actor:"Andrea Fleet"`,
+    `entity:application/Billing`); without, values are ids as typed."""
     query = parse(text)
-    clauses: list[str] = []
-    params: dict[str, Any] = {}
-
-    def param(value: Any) -> str:
-        name = f"q{len(params)}"
-        params[name] = value
-        return name
-
+    matches: list[Match] = []
+    notes: list[str] = []
+    since: int | None = None
+    until: int | None = None
     for term in query.terms:
-        q, vals = term.qualifier, list(term.values)
-        if q == "actor":
-            name = param(vals)
-            sql = f"(actor_id IN {{{name}:Array(String)}} OR actor_name IN {{{name}:Array(String)}})"
-        elif q == "action":
-            exact = [v for v in vals if not v.endswith("*")]
-            prefixes = [v.rstrip("*") for v in vals if v.endswith("*")]
-            parts = []
-            if exact:
-                parts.append(f"action IN {{{param(exact)}:Array(String)}}")
-            for prefix in prefixes:
-                parts.append(f"startsWith(action, {{{param(prefix)}:String}})")
-            sql = "(" + " OR ".join(parts) + ")"
-        elif q == "kind":
-            sql = f"target_kind IN {{{param(vals)}:Array(String)}}"
-        elif q == "entity":
-            sql = f"hasAny(entity_keys, {{{param(vals)}:Array(String)}})"
-        elif q == "env":
-            sql = f"environment IN {{{param(vals)}:Array(String)}}"
-        elif q == "infra":
-            sql = f"infrastructure IN {{{param(vals)}:Array(String)}}"
-        elif q == "outcome":
-            sql = f"outcome IN {{{param(vals)}:Array(String)}}"
-        elif q == "ip":
-            sql = f"actor_ip IN {{{param(vals)}:Array(String)}}"
-        elif q in ("after", "before"):
+        q, vals = term.qualifier, term.values
+        if q in ("after", "before"):
             ms = int(parse_time(vals[0], now=now, token=term.token).timestamp() * 1000)
-            op = ">=" if q == "after" else "<"
-            sql = f"occurred_at {op} fromUnixTimestamp64Milli({{{param(ms)}:Int64}}, 'UTC')"
-        else:  # pragma: no cover - parse() only lets known qualifiers through
-            raise SearchSyntaxError("unknown qualifier", token=term.token.text, position=term.token.position)
-        clauses.append(f"NOT {sql}" if term.negated else sql)
+            # -after:X is before:X and the other way round; several bounds intersect.
+            if (q == "after") != term.negated:
+                since = ms if since is None else max(since, ms)
+            else:
+                until = ms if until is None else min(until, ms)
+            continue
+        if q in _NAMED:
+            vals = resolve(directory, _NAMED[q], vals, notes)
+        elif q == "entity":
+            vals = tuple(
+                f"{kind.lower()}/{ident}"
+                for v in vals
+                for kind, _, label in [v.partition("/")]
+                for ident in resolve(directory, kind.lower(), (label,), notes)
+            )
+        elif q in ("kind", "outcome", "action"):
+            vals = tuple(v.lower() for v in vals)
+        matches.append(Match(_FIELDS[q], vals, negated=term.negated, quoted=term.token.quoted))
     for item in query.texts:
-        needle = param(item.value)
-        sql = (
-            "("
-            + " OR ".join(f"positionCaseInsensitiveUTF8({c}, {{{needle}:String}}) > 0" for c in _TEXT_COLUMNS)
-            + ")"
-        )
-        clauses.append(f"NOT {sql}" if item.negated else sql)
-    return SearchClause(sql=" AND ".join(clauses) if clauses else "1", params=params, source=text.strip())
+        matches.append(Match("words", (item.value,), negated=item.negated, quoted=item.token.quoted))
+    if since is not None and until is not None and since >= until:
+        notes.append("after: is not earlier than before:, so no time is in the range")
+    return Compiled(
+        Search(matches=tuple(matches), since_ms=since, until_ms=until, source=text.strip()), tuple(notes)
+    )

@@ -25,7 +25,31 @@ def _none_if_empty(value: str) -> str | None:
     return value or None
 
 
+def summary_out(row: dict[str, Any]) -> dict[str, Any]:
+    """A listing's row (query_api.models.EventSummary), from `storage.reader.SUMMARY_COLUMNS`."""
+    return {
+        "event_id": row["event_id"],
+        "occurred_at": rfc3339_ms(int(row["occurred_at_ms"])),
+        "infrastructure": row["infrastructure"],
+        "environment": _none_if_empty(row["environment"]),
+        "actor": {
+            "id": row["actor_id"],
+            "name": _none_if_empty(row["actor_name"]),
+            "type": row["actor_type"],
+        },
+        "action": row["action"],
+        "target": {
+            "kind": row["target_kind"],
+            "id": row["target_id"],
+            "name": _none_if_empty(row["target_name"]),
+        },
+        "outcome": row["outcome"],
+        "reason": _none_if_empty(row["reason"]),
+    }
+
+
 def event_out(row: dict[str, Any]) -> dict[str, Any]:
+    """An event whole (query_api.models.Event)."""
     return {
         "event_id": row["event_id"],
         "schema_version": row["schema_version"],

@@ -428,12 +428,15 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
     path = request.url.path
 
     error: dict[str, Any] | None = None
+    notes: list[str] = []
     chips: list[Chip] = []
     rows: list[dict[str, Any]] = []
     next_cursor: str | None = None
     status_code = 200
     try:
-        search = compile_query(q, now=now) if q.strip() else None
+        compiled = compile_query(q, now=now, directory=session.directory) if q.strip() else None
+        search = compiled.search if compiled is not None else None
+        notes = list(compiled.notes) if compiled is not None else []
         chips = _chips(q, path, limit) if search is not None else []
         with services.read_slots.hold(session.caller.key_id):
             page = services.store.reader.page(
@@ -500,6 +503,7 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
         "quick": _quick(q, path, limit, chips) if error is None or not q.strip() else [],
         "error": error,
         "rows": rows,
+        "notes": notes,
         "next_href": next_href,
         "newer_href": newer_href,
         "newest_href": newest_href if cursor else None,

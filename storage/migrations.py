@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from storage.analyst_view import scoped_view_statements, view_statements
 from storage.engine import Engine
+from storage.filters import WORD_INDEX
 from storage.leaf_sql import body_sql, leaf_hash_of_sql
 from storage.record import COLUMNS, KEY_COLUMNS
 from storage.scope_predicate import SCOPE_VIEW_TYPES
@@ -344,6 +345,7 @@ CREATE TABLE IF NOT EXISTS {{db}}.audit_events (
     INDEX idx_event_id event_id TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_scope_key scope_key TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_entity_keys entity_keys TYPE bloom_filter(0.01) GRANULARITY 1,
+    {WORD_INDEX},
     PROJECTION by_actor (SELECT * ORDER BY actor_id, occurred_at, event_id)
 )
 ENGINE = MergeTree
@@ -529,6 +531,17 @@ ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)
     Migration(12, "scoped_analyst_views", scoped_view_statements()),
     Migration(13, "retention", (_RETENTION_POLICIES, _LEGAL_HOLDS, _PURGED_ROWS)),
     Migration(14, "analyst_scopes", (_ANALYST_SCOPES,)),
+    # Free text by words (storage.filters): a text index over what search looks at, created with
+    # the table since; a store made before gets it here, its rows indexed by the mutation.
+    Migration(
+        15,
+        "word_index",
+        (
+            f"ALTER TABLE {{db}}.audit_events ADD INDEX IF NOT EXISTS {WORD_INDEX.removeprefix('INDEX ')}",
+            "ALTER TABLE {db}.audit_events MATERIALIZE INDEX words" + _SYNC,
+        ),
+        upgrade_only=True,
+    ),
 )
 
 

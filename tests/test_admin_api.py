@@ -112,7 +112,9 @@ def test_keys_are_listed_created_with_an_expiry_and_revoked_by_administrators(in
     assert state[body["key_id"]] is True
 
     # Key management is recorded as tasks performed to the key's user, before the answer left.
-    rows = inst.client.get("/v1/events?q=action:user.api_key_*", headers=auth(inst.admin)).json()["items"]
+    rows = inst.client.get("/v1/events?q=action:user.api_key_*&fields=full", headers=auth(inst.admin)).json()[
+        "items"
+    ]
     assert sorted(r["action"] for r in rows) == ["user.api_key_create", "user.api_key_revoke"]
     assert all(r["target"]["id"] == "dev" and "key" not in r["details"]["key"] for r in rows)
 

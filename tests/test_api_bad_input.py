@@ -733,7 +733,7 @@ def test_hostile_reads_are_audited_intact(store: Store) -> None:
         assert api.get("/v1/events", params=[("actor", value)]).status_code == 200
     assert auditor.not_recorded == 0
     assert api.dead_letters() == []
-    r = api.get("/v1/events", params=[("action", "audit_log.read"), ("limit", "1000")])
+    r = api.get("/v1/events", params=[("action", "audit_log.read"), ("limit", "1000"), ("fields", "full")])
     recorded = sorted(item["details"]["query"]["actor"] for item in r.json()["items"])
     assert recorded == sorted(HOSTILE)
 
@@ -929,13 +929,15 @@ def test_a_posted_audit_log_event_is_refused_as_forged(store: Store) -> None:
     assert all("reserved" in x["reason"] and "forged" in x["reason"] for x in rejected)
     # The service's own record of reads is stored, and says where it came from.
     assert api.get("/v1/events", api.admin).status_code == 200
-    reads = api.get("/v1/events", api.admin, [("q", "action:audit_log.read")]).json()["items"]
+    reads = api.get("/v1/events", api.admin, [("q", "action:audit_log.read"), ("fields", "full")]).json()[
+        "items"
+    ]
     assert reads and {r["provenance"]["ingest_source"] for r in reads} == {"read-audit"}
 
 
 def test_every_posted_row_records_the_key_it_came_with(api: Api) -> None:
     assert api.post([event(0)]).status_code == 200
-    [row] = api.get("/v1/events", api.admin).json()["items"]
+    [row] = api.get("/v1/events", api.admin, [("fields", "full")]).json()["items"]
     key_id = next(k.key_id for k in api.store.keys.list() if k.user_id == "ingest-bot")
     assert row["provenance"] == {"ingest_source": "api", "ingest_key_id": key_id}
     csv_text = api.get("/v1/events/export", api.admin, [("format", "csv")]).text

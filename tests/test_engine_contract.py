@@ -135,7 +135,9 @@ def test_views_filters_and_search(any_store: Store) -> None:
     assert _ids(dev_env.items) == [20, 10, 8, 6, 4, 2, 0]
     now = BASE + timedelta(days=1)
     found = reader.page(
-        scope=ALL, view=View(), filters=EventFilter(search=compile_query('"TIMEOUT" -env:env-prod', now=now))
+        scope=ALL,
+        view=View(),
+        filters=EventFilter(search=compile_query('"TIMEOUT" -env:env-prod', now=now).search),
     )
     assert _ids(found.items) == [20, 10, 0]
 

@@ -176,7 +176,7 @@ def test_migration_4_converts_a_store_made_by_the_old_migration_1(chdb_engine: E
                 f"INSERT INTO {db}.schema_migrations (version, name) VALUES ({m.version}, '{m.name}')"
             )
 
-    assert migrate(chdb_engine, db) == [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    assert migrate(chdb_engine, db) == [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
     store = Store(chdb_engine, database=db)
     tables = {
         r["name"]

@@ -173,7 +173,7 @@ def test_ndjson_export_matches_the_api(store: Store) -> None:
     lines = client.get("/v1/events/export?format=ndjson&q=kind:role", headers=admin).text.splitlines()
     exported = [orjson.loads(x) for x in lines]
     assert len(exported) == 400
-    page = client.get("/v1/events?q=kind:role&limit=1000", headers=admin).json()["items"]
+    page = client.get("/v1/events?q=kind:role&limit=1000&fields=full", headers=admin).json()["items"]
     assert exported == page
 
 
@@ -199,7 +199,7 @@ def test_every_read_is_recorded_and_visible_to_infrastructure_managers(store: St
     client.get("/v1/events/export?format=ndjson", headers=dev)
     client.get(f"/v1/events/{uuid.uuid4()}", headers=dev)
     # Recorded before each answer left: no flush, no wait.
-    reads = client.get("/v1/events?q=action:audit_log.*&limit=100", headers=admin).json()["items"]
+    reads = client.get("/v1/events?q=action:audit_log.*&limit=100&fields=full", headers=admin).json()["items"]
     by_dev = [r for r in reads if r["actor"]["id"] == "u-dev"]
     assert {r["action"] for r in by_dev} == {"audit_log.read", "audit_log.export"}
     query = next(r for r in by_dev if r["details"].get("view") == "global")
@@ -228,7 +228,7 @@ def test_parquet_export_is_one_typed_file_in_scope(store: Store) -> None:
     assert pq.ParquetFile(io.BytesIO(data)).metadata.num_row_groups == 6  # one per chunk of 250
     assert table.schema.field("occurred_at").type == pa.timestamp("ms", tz="UTC")
     rows = table.to_pylist()
-    api = client.get("/v1/events?limit=1000", headers=admin).json()["items"]
+    api = client.get("/v1/events?limit=1000&fields=full", headers=admin).json()["items"]
     first, listed = rows[0], api[0]
     assert first["event_id"] == listed["event_id"]
     assert first["occurred_at"] == datetime.fromisoformat(listed["occurred_at"])

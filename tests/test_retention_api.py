@@ -17,7 +17,7 @@ def install(store: Store) -> Install:
 
 
 def _actions(install: Install, key: str, action: str) -> list[dict[str, Any]]:
-    r = install.client.get("/v1/events", params={"action": action}, headers=auth(key))
+    r = install.client.get("/v1/events", params={"action": action, "fields": "full"}, headers=auth(key))
     assert r.status_code == 200, r.text
     items: list[dict[str, Any]] = r.json()["items"]
     return items

@@ -11,9 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from producers.contract.directory import Directory
 from producers.contract.event import parse_event
 from producers.contract.permissions import ReadScope
 from query_api.search import SearchSyntaxError, compile_query, parse, parse_time, tokenize
+from storage.filters import Search, where
 from storage.reader import EventFilter, View
 from storage.store import Store
 from stream.messages import Lineage
@@ -75,52 +77,38 @@ def test_relative_and_absolute_times() -> None:
     assert parse_time("2026-11-01T10:00:00+01:00", now=NOW) == datetime(2026, 11, 1, 9, tzinfo=UTC)
 
 
-_SQL_VOCABULARY = set(
-    [
-        "actor_id",
-        "actor_name",
-        "target_id",
-        "target_name",
-        "target_kind",
-        "related_names",
-        "related_ids",
-        "reason",
-        "details",
-        "changes",
-        "action",
-        "environment",
-        "infrastructure",
-        "outcome",
-        "actor_ip",
-        "occurred_at",
-        "entity_keys",
-        "UTC",
-        "IN",
-        "OR",
-        "AND",
-        "NOT",
-        "startsWith",
-        "hasAny",
-        "arrayStringConcat",
-        "positionCaseInsensitiveUTF8",
-        "fromUnixTimestamp64Milli",
-        "0",
-        "1",
-    ]
-)
+_SQL_VOCABULARY = {
+    *("actor_id", "actor_name", "target_id", "target_name", "target_kind", "related_names"),
+    *("related_ids", "reason", "details", "changes", "action", "environment", "infrastructure"),
+    *("outcome", "actor_ip", "occurred_at", "entity_keys", "UTC", "IN", "OR", "AND", "NOT"),
+    *("ILIKE", "startsWith", "hasAny", "hasAllTokens", "match", "concatWithSeparator", "arrayStringConcat"),
+    *("positionCaseInsensitiveUTF8", "fromUnixTimestamp64Milli", "0"),
+}
 
 
 @given(st.text(max_size=200))
 def test_values_never_reach_the_sql_text(text: str) -> None:
     try:
-        clause = compile_query(text, now=NOW)
+        compiled = compile_query(text, now=NOW, directory=DIRECTORY)
     except SearchSyntaxError:
         return
-    # Only fixed column names, functions, operators and {qN:Type} placeholders make up the SQL.
-    skeleton = re.sub(r"\{q\d+:(String|Int64|Array\(String\))\}", " ", clause.sql)
+    clauses = where(EventFilter(search=compiled.search), ALL)
+    sql = " AND ".join([*clauses.keys, *clauses.rows])
+    # Only fixed column names, functions, operators and {pN:Type} placeholders make up the SQL.
+    skeleton = re.sub(r"\{p\d+:(String|Int64|Array\(String\))\}", " ", sql)
     words = set(re.findall(r"[A-Za-z0-9_]+", skeleton))
     assert words <= _SQL_VOCABULARY, words - _SQL_VOCABULARY
     assert set(re.sub(r"[A-Za-z0-9_\s]", "", skeleton)) <= set("()',>=<")
+
+
+DIRECTORY = Directory.model_validate(
+    {
+        "infrastructure": "acme",
+        "users": [{"id": "u-priya", "name": "Priya Raman"}, {"id": "u-andrea", "name": "Andrea Fleet"}],
+        "environments": [{"id": "env-prod", "name": "Production"}, {"id": "env-test", "name": "Test"}],
+        "applications": [{"id": "app-billing", "name": "Billing"}],
+    }
+)
 
 
 def _ev(i: int, **over: Any) -> dict[str, Any]:
@@ -138,10 +126,12 @@ def _ev(i: int, **over: Any) -> dict[str, Any]:
     return base
 
 
+def _search(q: str) -> Search:
+    return compile_query(q, now=NOW, directory=DIRECTORY).search
+
+
 def _ids(store: Store, q: str, scope: ReadScope = ALL) -> list[int]:
-    page = store.reader.page(
-        scope=scope, view=View(), filters=EventFilter(search=compile_query(q, now=NOW)), limit=1000
-    )
+    page = store.reader.page(scope=scope, view=View(), filters=EventFilter(search=_search(q)), limit=1000)
     return sorted(uuid.UUID(r["event_id"]).int - 1 for r in page.items)
 
 
@@ -178,6 +168,25 @@ def test_queries_against_the_store(store: Store) -> None:
     assert _ids(store, "after:-2d") == [0, 1, 2]  # inclusive
     assert _ids(store, "before:-3d -kind:team") == [20]
     assert _ids(store, "after:-5d before:-1d outcome:success") == [2, 4]  # before is exclusive
+    # Words, not substrings: "refus" is no word of row 1; a prefix and contains: find it.
+    assert _ids(store, "refus") == []
+    assert _ids(store, "refus*") == [1]
+    assert _ids(store, "conn* refused") == [1]
+    assert _ids(store, "contains:efuse") == [1]
+    assert _ids(store, "-contains:efuse kind:application") == [0, 3, 20]
+    assert _ids(store, '"refused connection"') == []  # a phrase keeps its order
+    assert _ids(store, "v1.2.3-hotfix") == [20]
+    assert _ids(store, "v1.2.3-hotfi*") == [20]
+    assert _ids(store, "2.3-hotfix") == [20]
+    assert _ids(store, '"hot*"') == []  # quoted: * is a character
+    assert _ids(store, "-bob kind:team") == []
+    # Names where the viewer shows names, and ids, in any case.
+    assert _ids(store, 'actor:"priya RAMAN"') == [3]
+    assert _ids(store, "actor:U-PRIYA") == [3]
+    assert _ids(store, "env:test") == [1]
+    assert _ids(store, "env:Production,ENV-TEST -kind:team,role") == [0, 1, 3, 20]
+    assert _ids(store, "entity:application/billing kind:Application outcome:DENIED") == [3]
+    assert _ids(store, "-after:-3d") == [4, 20]
     # The same query through a narrower scope never widens it.
     dev = scope(apps=["app-billing"])
     assert _ids(store, "", dev) == [0, 1, 3, 20]
@@ -229,15 +238,11 @@ def test_a_query_never_returns_a_row_outside_the_scope(
         ]
         store.writer.write([process(parse_event(e), served(), Lineage("t", 0)) for e in events])
     caller = scope(infra=infra, apps=apps, manage_teams=teams)
-    scoped = store.reader.page(
-        scope=caller, view=View(), filters=EventFilter(search=compile_query(q, now=NOW)), limit=1000
-    )
+    scoped = store.reader.page(scope=caller, view=View(), filters=EventFilter(search=_search(q)), limit=1000)
     for row in scoped.items:
         assert caller.allows(_scope_of(store, row["event_id"]))
     # And the scoped result is exactly the unscoped result filtered by the rule.
-    everything = store.reader.page(
-        scope=ALL, view=View(), filters=EventFilter(search=compile_query(q, now=NOW)), limit=1000
-    )
+    everything = store.reader.page(scope=ALL, view=View(), filters=EventFilter(search=_search(q)), limit=1000)
     expected = {r["event_id"] for r in everything.items if caller.allows(_scope_of(store, r["event_id"]))}
     assert {r["event_id"] for r in scoped.items} == expected
 
@@ -251,11 +256,31 @@ def _scope_of(store: Store, event_id: str) -> str:
     return token
 
 
+def test_what_the_directory_does_not_know_is_kept_as_an_id_with_a_note() -> None:
+    compiled = compile_query(
+        "env:staging actor:u-gone,Andrea entity:application/Billing", now=NOW, directory=DIRECTORY
+    )
+    matches = {m.field: m.values for m in compiled.search.matches}
+    assert matches == {
+        "environment": ("staging",),
+        "actor": ("u-gone", "Andrea"),
+        "entity": ("application/app-billing",),
+    }
+    assert compiled.notes == (
+        "no environment has the id or name 'staging'",
+        "no user has the id or name 'u-gone'",
+        "no user has the id or name 'Andrea'",
+    )
+    assert compile_query("after:-1d before:-2d", now=NOW).notes == (
+        "after: is not earlier than before:, so no time is in the range",
+    )
+
+
 def test_relative_time_queries_page_across_requests(store: Store) -> None:
     events = [_ev(i) for i in range(30)]
     store.writer.write([process(parse_event(e), served(), Lineage("t", 0)) for e in events])
     first = store.reader.page(
-        scope=ALL, view=View(), filters=EventFilter(search=compile_query("after:-60d", now=NOW)), limit=10
+        scope=ALL, view=View(), filters=EventFilter(search=_search("after:-60d")), limit=10
     )
     assert first.next_cursor is not None
     # The next request compiles -60d against a later clock: the cursor must still be accepted.
@@ -263,7 +288,7 @@ def test_relative_time_queries_page_across_requests(store: Store) -> None:
     second = store.reader.page(
         scope=ALL,
         view=View(),
-        filters=EventFilter(search=compile_query("after:-60d", now=later)),
+        filters=EventFilter(search=compile_query("after:-60d", now=later).search),
         limit=10,
         cursor=first.next_cursor,
     )

@@ -245,6 +245,19 @@ class Directory(BaseModel):
     def display_name(self, kind: str, ident: str) -> str | None:
         return self._names.get((kind, ident))
 
+    @cached_property
+    def _ids_by_label(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        by_label: dict[tuple[str, str], list[str]] = {}
+        for (kind, ident), name in self._names.items():
+            for label in {ident.casefold(), name.casefold()}:
+                by_label.setdefault((kind, label), []).append(ident)
+        return {key: tuple(sorted(set(ids))) for key, ids in by_label.items()}
+
+    def resolve(self, kind: str, label: str) -> tuple[str, ...]:
+        """The ids of the `kind` entities whose id or name is `label`, case-insensitively
+        (names are not unique: two users may both be called Sam Lee)."""
+        return self._ids_by_label.get((kind, label.casefold()), ())
+
     def plan_applications(self, plan_id: str) -> list[str] | None:
         plan = self.deployment_plans.get(plan_id)
         return list(plan.applications) if plan is not None else None

@@ -1,0 +1,119 @@
+"""What the read endpoints answer, as typed models: the OpenAPI document a client is generated from.
+
+The handlers serialize rows with orjson (`query_api.serialize`) rather than through these
+models, for speed on pages of a thousand rows; `tests/test_openapi.py` holds every answer
+to its model, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from producers.contract.event import KindName
+
+Outcome = Literal["success", "failure", "denied"]
+ActorType = Literal["user", "service", "system"]
+
+
+class ActorSummary(BaseModel):
+    id: str
+    name: str | None
+    type: ActorType
+
+
+class Actor(ActorSummary):
+    ip: str | None
+    user_agent: str | None
+    session_id: str | None
+
+
+class EntityRef(BaseModel):
+    kind: KindName
+    id: str
+    name: str | None
+
+
+class Change(BaseModel):
+    field: str
+    old: Any = None
+    new: Any = None
+
+
+class Source(BaseModel):
+    service: str
+    host: str
+    version: str
+
+
+class Enrichment(BaseModel):
+    """Added at ingest from the directory as it was then."""
+
+    plan_application_ids: list[str]
+    application_team_id: str | None
+
+
+class Provenance(BaseModel):
+    ingest_source: str = Field(
+        description="api, file, demo, kafka, or read-audit (the API's record of reads)"
+    )
+    ingest_key_id: str | None = Field(description="the API key it was posted with")
+
+
+class Position(BaseModel):
+    """The event's leaf in its Merkle log (GET /v1/events/{id}/proof)."""
+
+    log: str
+    index: int
+
+
+class EventSummary(BaseModel):
+    """What a listing shows of an event (`fields=summary`, the default)."""
+
+    event_id: str
+    occurred_at: str = Field(description="RFC 3339, UTC, milliseconds")
+    infrastructure: str
+    environment: str | None
+    actor: ActorSummary
+    action: str
+    target: EntityRef
+    outcome: Outcome
+    reason: str | None
+
+
+class Event(BaseModel):
+    """An event, whole: what `GET /v1/events/{id}` and `fields=full` answer."""
+
+    event_id: str
+    schema_version: int
+    occurred_at: str = Field(description="RFC 3339, UTC, milliseconds")
+    received_at: str = Field(description="RFC 3339, UTC, milliseconds")
+    infrastructure: str
+    environment: str | None
+    actor: Actor
+    action: str
+    target: EntityRef
+    related: list[EntityRef]
+    outcome: Outcome
+    reason: str | None
+    changes: list[Change]
+    details: dict[str, Any]
+    source: Source
+    request_id: str | None
+    correlation_id: str | None
+    enrichment: Enrichment
+    provenance: Provenance
+    position: Position | None = Field(description="none for a row stored before the tree existed")
+
+
+class EventPage(BaseModel):
+    """A page of events, newest first. Pass `next_cursor` as `cursor` for the next page."""
+
+    items: list[EventSummary] | list[Event] = Field(description="summaries, or whole events with fields=full")
+    next_cursor: str | None
+    total: int | None = Field(default=None, description="with include_total=true: every matching row")
+    notes: list[str] | None = Field(
+        default=None,
+        description="on an empty first page: what in the search the directory does not know",
+    )
