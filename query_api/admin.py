@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import orjson
 import yaml
-from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi import HTTPException, Path, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -28,9 +28,12 @@ from query_api.deps import (
     Scope,
     Services,
     ServicesDep,
+    v1_router,
 )
+from query_api.models import ErrorBody
+from query_api.openapi import request_body, schema_of
 
-router = APIRouter(prefix="/v1", tags=["administration"])
+router = v1_router(tags=["administration"])
 
 MAX_DIRECTORY_BYTES = 64 * 1024 * 1024
 
@@ -101,7 +104,7 @@ def expiry_ms(expires_at: datetime | None) -> int | None:
         expires_at = expires_at.replace(tzinfo=UTC)
     ms = int(expires_at.timestamp() * 1000)
     if ms <= int(time.time() * 1000):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail="expires_at is in the past")
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="expires_at is in the past")
     return ms
 
 
@@ -130,7 +133,7 @@ def create_key(
     service_only = body.can_publish_directory and not body.can_ingest
     if body.user_id not in directory.users and not service_only:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            status.HTTP_400_BAD_REQUEST,
             detail=f"user {body.user_id[:64]!r} is not in the directory of {caller.infrastructure!r}",
         )
     key, created = services.store.keys.create(
@@ -201,8 +204,9 @@ def _parse_directory(body: bytes, content_type: str, infrastructure: str) -> Dir
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "(directory)"
+        # 400: the schema cannot say everything a directory must be (its references resolve).
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"invalid directory: {where}: {first.get('msg')}"
+            status.HTTP_400_BAD_REQUEST, detail=f"invalid directory: {where}: {first.get('msg')}"
         ) from None
 
 
@@ -210,7 +214,14 @@ def _parse_directory(body: bytes, content_type: str, infrastructure: str) -> Dir
     "/directory",
     response_model=DirectoryReplaced,
     summary="Replace the directory of the caller's infrastructure (JSON or YAML); applies at once",
-    responses={403: {"description": "needs Manage Infrastructure and Users, or a directory key"}},
+    responses={
+        403: {"description": "needs Manage Infrastructure and Users, or a directory key"},
+        413: {"model": ErrorBody, "description": "body too large"},
+    },
+    openapi_extra=request_body(
+        {"application/json": schema_of(Directory)},
+        description="the whole directory (application/yaml is taken too, in the same shape)",
+    ),
 )
 async def replace_directory(
     request: Request, caller: CurrentCaller, scope: Scope, services: ServicesDep

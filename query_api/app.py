@@ -12,6 +12,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from query_api import openapi
 from query_api.admin import router as admin_router
 from query_api.dead_letters import router as dead_letters_router
 from query_api.deps import Services
@@ -40,6 +41,15 @@ def _where(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def _problem(error: dict[str, Any]) -> str:
+    message = str(error.get("msg", "invalid"))
+    given = error.get("input")
+    # What was sent, when it is short enough to read back (never a whole body).
+    if isinstance(given, str) and 0 < len(given) <= 64:
+        return f"{message} (got {given!r})"
+    return message
+
+
 def create_app(services: Services) -> FastAPI:
     app = FastAPI(
         title="auditlog",
@@ -60,12 +70,12 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(retention_router)
     app.include_router(ui_router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="ui-static")
+    openapi.install(app)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         errors = [
-            {"parameter": _where(tuple(e.get("loc", ()))), "problem": e.get("msg", "invalid")}
-            for e in exc.errors()
+            {"parameter": _where(tuple(e.get("loc", ()))), "problem": _problem(e)} for e in exc.errors()
         ]
         message = "; ".join(f"{e['parameter']}: {e['problem']}" for e in errors[:5])
         return Response(

@@ -10,16 +10,16 @@ from datetime import datetime
 from typing import Annotated, get_args
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from pydantic import BaseModel, Field
 
 from producers.contract.event import RejectCode
 from producers.contract.permissions import may_manage
 from query_api.admin import need_admin, record_task
-from query_api.deps import CurrentCaller, Scope, ServicesDep
+from query_api.deps import CurrentCaller, Scope, ServicesDep, v1_router
 from query_api.serialize import rfc3339_ms, to_ms
 
-router = APIRouter(prefix="/v1", tags=["administration"])
+router = v1_router(tags=["administration"])
 
 
 class KafkaSource(BaseModel):

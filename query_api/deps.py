@@ -9,13 +9,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, get_origin
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from producers.contract.directory import Directories, Directory, DirectorySnapshot
 from producers.contract.permissions import Caller, ReadScope, scope_for
+from query_api.models import ERROR_RESPONSES
 from query_api.read_audit import Ingestor as Ingestor
 from query_api.read_audit import ReadAuditor
 from query_api.sessions import Session, SessionStore
@@ -279,3 +281,62 @@ def get_scope(caller: CurrentCaller, directories: CurrentDirectories) -> ReadSco
 
 
 Scope = Annotated[ReadScope, Depends(get_scope)]
+
+
+@dataclass(frozen=True)
+class _Declared:
+    names: frozenset[str]
+    repeatable: frozenset[str]
+
+
+_DECLARED: dict[int, tuple[APIRoute, _Declared]] = {}
+
+
+def reject_unknown_parameters(request: Request) -> None:
+    """Every /v1 operation's: a misspelled filter silently ignored would show more rows than the
+    caller meant to see; so would one this operation does not take (size= on a page), or a
+    second value of a parameter that takes one (the first would be dropped unseen)."""
+    route = request.scope.get("route")
+    declared = _declared(route) if isinstance(route, APIRoute) else _Declared(frozenset(), frozenset())
+    given = request.query_params
+    unknown = sorted(set(given) - declared.names)
+    if unknown:
+        takes = ", ".join(sorted(declared.names)) or "none"
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"unknown query parameter {unknown[0][:64]!r}; this operation takes {takes}",
+        )
+    repeated = sorted(n for n in set(given) - declared.repeatable if len(given.getlist(n)) > 1)
+    if repeated:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"query parameter {repeated[0]!r} takes one value, and was given several",
+        )
+
+
+def _declared(route: APIRoute) -> _Declared:
+    """The query parameters an operation declares, its dependencies' included."""
+    cached = _DECLARED.get(id(route))
+    if cached is not None and cached[0] is route:
+        return cached[1]
+    names: set[str] = set()
+    repeatable: set[str] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        for p in dependant.query_params:
+            names.add(p.alias)
+            if get_origin(p.field_info.annotation) in (list, tuple, set, frozenset):
+                repeatable.add(p.alias)
+        pending.extend(dependant.dependencies)
+    declared = _Declared(frozenset(names), frozenset(repeatable))
+    _DECLARED[id(route)] = (route, declared)
+    return declared
+
+
+def v1_router(**options: Any) -> APIRouter:
+    """A router of /v1 operations: the error statuses every one may answer, documented once,
+    and no query parameter an operation does not declare."""
+    return APIRouter(
+        prefix="/v1", responses=ERROR_RESPONSES, dependencies=[Depends(reject_unknown_parameters)], **options
+    )

@@ -117,3 +117,35 @@ class EventPage(BaseModel):
         default=None,
         description="on an empty first page: what in the search the directory does not know",
     )
+
+
+class ParameterError(BaseModel):
+    parameter: str = Field(description="where: `query parameter since`, `body`, …")
+    problem: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the API answers: what was wrong, in words."""
+
+    detail: str
+    errors: list[ParameterError] | None = Field(
+        default=None, description="422: each parameter that does not fit its schema"
+    )
+    code: int | None = Field(default=None, description="503: the store's error code")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# The statuses every /v1 operation may answer, in one shape (query_api.app's handlers).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error(
+        "a request its schema allows that cannot be answered: a search that cannot be read, "
+        "a cursor of another query"
+    ),
+    401: _error("no credentials, or an unknown, revoked or expired key"),
+    403: _error("the caller may not do this"),
+    422: _error("a parameter or body that does not fit its schema"),
+    503: _error("the store did not answer, or the read could not be put on record"),
+}

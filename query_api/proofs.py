@@ -14,17 +14,17 @@ from typing import Annotated
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 from producers.contract.permissions import may_manage
 from producers.contract.tlog import merkle
 from query_api.admin import need_admin, record_task
-from query_api.deps import CurrentCaller, Scope, ServicesDep
+from query_api.deps import CurrentCaller, Scope, ServicesDep, v1_router
 from query_api.inclusion import inclusion
 from query_api.routes import ReadingDep
 
-router = APIRouter(prefix="/v1", tags=["tamper evidence"])
+router = v1_router(tags=["tamper evidence"])
 
 
 def _b64(h: bytes) -> str:

@@ -15,19 +15,26 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from producers.contract.directory import Directory
-from producers.contract.event import KindName
+from producers.contract.event import ENTITY_KINDS, KindName
 from producers.contract.permissions import Caller, may_manage
 from query_api.admin import need_admin, record_task
-from query_api.deps import CurrentCaller, CurrentDirectory, Scope, Services, ServicesDep
+from query_api.deps import (
+    CurrentCaller,
+    CurrentDirectory,
+    Scope,
+    Services,
+    ServicesDep,
+    v1_router,
+)
 from query_api.read_audit import ReadAuditor
 from query_api.serialize import rfc3339_ms, to_ms
 from storage.retention import MAX_DAYS, RETENTION_ACTIONS, LegalHold, Policy, PurgePlan, PurgeResult, Rule
 
-router = APIRouter(prefix="/v1", tags=["retention"])
+router = v1_router(tags=["retention"])
 
 RETENTION_ACTOR = "auditlog-retention"
 """The actor of a purge: the service itself, on its schedule or on an administrator's request."""
@@ -37,7 +44,16 @@ _KINDS: tuple[str, ...] = KindName.__args__  # type: ignore[attr-defined]
 
 
 class RuleIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # The validator's rule, said in the schema too: a client generated from it sends no bare rule.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["environment"], "properties": {"environment": {"type": "string"}}},
+                {"required": ["entity_kind"], "properties": {"entity_kind": {"type": "string"}}},
+            ]
+        },
+    )
 
     days: Days
     environment: str | None = Field(default=None, max_length=256, description="an environment id")
@@ -71,7 +87,10 @@ class HoldIn(BaseModel):
     reason: str = Field(default="", max_length=4096)
     environment: str | None = Field(default=None, max_length=256, description="an environment id")
     entity: str | None = Field(
-        default=None, max_length=512, description="`kind/id`: rows with it as target or related entity"
+        default=None,
+        max_length=512,
+        pattern=rf"^({'|'.join(ENTITY_KINDS)})/[\s\S]+$",
+        description="`kind/id`: rows with it as target or related entity",
     )
     actor: str | None = Field(default=None, min_length=1, max_length=256, description="an actor id")
     since: datetime | None = Field(default=None, description="rows that occurred at or after this")
@@ -130,15 +149,16 @@ def _task(request: Request, services: Services, caller: Caller, action: str, det
     record_task(request, services, caller, action, ("infrastructure", caller.infrastructure), details)
 
 
-def _unprocessable(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
+def _unanswerable(detail: str) -> HTTPException:
+    # 400: a body its schema allows that cannot apply (query_api.models.ERROR_RESPONSES).
+    return HTTPException(status.HTTP_400_BAD_REQUEST, detail=detail)
 
 
 def _known_environment(directory: Directory, environment: str | None, where: str) -> None:
     # A misspelt environment would match nothing: its rows purged sooner, or not held.
     if environment is not None and environment not in directory.environments:
         known = ", ".join(sorted(directory.environments)[:20]) or "none"
-        raise _unprocessable(f"{where}: {environment[:64]!r} is no environment id of the directory ({known})")
+        raise _unanswerable(f"{where}: {environment[:64]!r} is no environment id of the directory ({known})")
 
 
 def _hold_out(hold: LegalHold, rows_covered: int | None = None) -> HoldOut:
@@ -332,12 +352,12 @@ def create_hold(
     if body.entity is not None:
         kind, _, ident = body.entity.partition("/")
         if kind not in _KINDS or not ident:
-            raise _unprocessable(
+            raise _unanswerable(
                 f"entity: {body.entity[:64]!r} is not kind/id with a kind of {', '.join(_KINDS)}"
             )
     since, until = to_ms(body.since), to_ms(body.until)
     if since is not None and until is not None and since >= until:
-        raise _unprocessable("since must be before until")
+        raise _unanswerable("since must be before until")
     hold = LegalHold(
         hold_id=str(uuid.uuid4()),
         infrastructure=caller.infrastructure,

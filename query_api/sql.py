@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Body, HTTPException, Response, status
+from fastapi import Body, HTTPException, Response, status
 from pydantic import BaseModel, Field
 
+from query_api.deps import v1_router
 from query_api.parquet_export import MEDIA_TYPE as PARQUET
 from query_api.routes import ReadingDep
 from storage.analyst_sql import MAX_QUERY_CHARS, SqlRefused, describe_error
 from storage.engine import StoreError
 
-router = APIRouter(prefix="/v1", tags=["analysts"])
+router = v1_router(tags=["analysts"])
 
 # A failing query is its author's to fix (an unknown column, a type, too many rows): 422 with
 # the server's code and message. The limits of every read (159, 160: time; 241: memory) and a

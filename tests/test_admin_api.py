@@ -129,11 +129,11 @@ def test_key_administration_needs_manage_infrastructure_in_the_same_infrastructu
     assert inst.events(inst.dev) == ["app-1"]
     # Bad requests say what is wrong.
     r = inst.client.post("/v1/keys", json={"user_id": "nobody"}, headers=auth(inst.admin))
-    assert r.status_code == 422 and "not in the directory" in r.text
+    assert r.status_code == 400 and "not in the directory" in r.text
     r = inst.client.post(
         "/v1/keys", json={"user_id": "dev", "expires_at": "2001-01-01T00:00:00Z"}, headers=auth(inst.admin)
     )
-    assert r.status_code == 422 and "in the past" in r.text
+    assert r.status_code == 400 and "in the past" in r.text
     assert inst.client.delete("/v1/keys/not-a-key-id", headers=auth(inst.admin)).status_code == 422
 
 
@@ -219,7 +219,7 @@ def test_a_directory_key_publishes_and_reads_nothing_else(inst: Install) -> None
         content=orjson.dumps(broken),
         headers={**auth(sync), "Content-Type": "application/json"},
     )
-    assert r.status_code == 422 and "no-such-role" in r.text
+    assert r.status_code == 400 and "no-such-role" in r.text
     assert inst.client.put("/v1/directory", content=b"{", headers=auth(sync)).status_code == 422
     assert inst.client.put("/v1/directory", content=b"[]", headers=auth(inst.dev)).status_code == 403
 

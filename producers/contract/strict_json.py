@@ -15,6 +15,7 @@ document that cannot mean two things.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 
@@ -42,10 +43,41 @@ def _constant(name: str) -> Any:
     raise StrictJSONError(f"{name} is not JSON")
 
 
+# JSON may escape half of a UTF-16 pair (`"\\ud800"`): decoded alone it is no character, and
+# nothing downstream (orjson, ClickHouse, a SIEM) can carry it. Only a document with such an
+# escape is walked.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _characters_only(value: Any) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise StrictJSONError(
+                f"a lone surrogate escape in \"{value[:40].encode('utf-8', 'backslashreplace').decode()}\" "
+                "is not a character"
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _characters_only(key)
+            _characters_only(item)
+    elif isinstance(value, list):
+        for item in value:
+            _characters_only(item)
+
+
 def loads(data: bytes | str) -> Any:
     """The JSON value of `data`; raises `StrictJSONError` with the reason (and position)."""
     try:
-        return json.loads(data, object_pairs_hook=_object, parse_constant=_constant)
+        value = json.loads(data, object_pairs_hook=_object, parse_constant=_constant)
+        escaped = (
+            _SURROGATE_ESCAPE.search(data) if isinstance(data, str) else _SURROGATE_ESCAPE_BYTES.search(data)
+        )
+        if escaped:
+            _characters_only(value)
+        return value
     except json.JSONDecodeError as exc:
         raise StrictJSONError(f"{exc.msg} (line {exc.lineno}, column {exc.colno})", exc.pos) from None
     except UnicodeDecodeError as exc:
