@@ -255,7 +255,11 @@ async def replace_directory(
     return Response(orjson.dumps(summary), media_type="application/json")
 
 
-@router.get("/directory", summary="The directory of the caller's infrastructure, as stored now")
+@router.get(
+    "/directory",
+    summary="The directory of the caller's infrastructure, as stored now",
+    responses={200: {"content": {"application/json": {"schema": schema_of(Directory)}}, "description": "it"}},
+)
 def get_directory(caller: CurrentCaller, scope: Scope, directory: CurrentDirectory) -> Response:
     need_admin(may_manage(scope) or caller.can_publish_directory)
     return Response(directory.to_json(), media_type="application/json")

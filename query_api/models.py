@@ -149,3 +149,37 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _error("a parameter or body that does not fit its schema"),
     503: _error("the store did not answer, or the read could not be put on record"),
 }
+
+
+class FacetValue(BaseModel):
+    value: str
+    count: int
+    label: str | None = Field(default=None, description="actor_id only: the actor's name")
+
+
+class Facets(BaseModel):
+    """Top values with counts in the caller's scope, and how many rows match in all."""
+
+    total: int
+    facets: dict[Literal["action", "actor_id", "target_kind", "environment", "outcome"], list[FacetValue]]
+
+
+class Me(BaseModel):
+    """The caller, and what the permission model lets them read."""
+
+    user_id: str
+    infrastructure: str
+    key_id: str | None
+    name: str | None
+    can_ingest: bool
+    can_publish_directory: bool
+    manage_infrastructure: bool
+    manage_all_teams: bool
+    managed_teams: list[str]
+    list_all_applications: bool
+    listed_applications: list[str]
+    readable_deployment_plans: list[str]
+
+
+TEXT = {"type": "string"}
+BINARY = {"type": "string", "format": "binary"}

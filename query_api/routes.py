@@ -32,7 +32,7 @@ from query_api.deps import (
     v1_router,
 )
 from query_api.inclusion import inclusion
-from query_api.models import ErrorBody, Event, EventPage
+from query_api.models import BINARY, TEXT, ErrorBody, Event, EventPage, Facets, Me
 from query_api.openapi import request_body, schema_of
 from query_api.parquet_export import MEDIA_TYPE as PARQUET
 from query_api.parquet_export import ParquetStream
@@ -318,6 +318,7 @@ FACETS = ("action", "actor_id", "target_kind", "environment", "outcome")
 
 @router.get(
     "/events/facets",
+    response_model=Facets,
     summary="Top values with counts (actions, actors, entity kinds, environments, outcomes) for a filter",
 )
 def facets(
@@ -460,6 +461,16 @@ def _export_lines(
     "/events/export",
     summary="Export every matching event the caller may read, streamed (CSV, NDJSON or Parquet)",
     response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "every matching event, newest first: the format asked for",
+            "content": {
+                "text/csv": {"schema": TEXT},
+                "application/x-ndjson": {"schema": TEXT},
+                PARQUET: {"schema": BINARY},
+            },
+        }
+    },
 )
 def export(
     reading: ReadingDep,
@@ -593,7 +604,7 @@ async def ingest(request: Request, caller: CurrentCaller, services: ServicesDep)
     return _json(body_out, status_code=200 if not body_out["rejected"] else 207)
 
 
-@router.get("/me", summary="The caller and what they may read")
+@router.get("/me", response_model=Me, summary="The caller and what they may read")
 def me(caller: CurrentCaller, scope: Scope, directory: CurrentDirectory) -> Response:
     user = directory.users.get(caller.user_id)
     return _json(

@@ -9,6 +9,7 @@ from fastapi import Body, HTTPException, Response, status
 from pydantic import BaseModel, Field
 
 from query_api.deps import v1_router
+from query_api.models import BINARY, TEXT, ErrorBody
 from query_api.parquet_export import MEDIA_TYPE as PARQUET
 from query_api.routes import ReadingDep
 from storage.analyst_sql import MAX_QUERY_CHARS, SqlRefused, describe_error
@@ -16,7 +17,7 @@ from storage.engine import StoreError
 
 router = v1_router(tags=["analysts"])
 
-# A failing query is its author's to fix (an unknown column, a type, too many rows): 422 with
+# A failing query is its author's to fix (an unknown column, a type, too many rows): 400 with
 # the server's code and message. The limits of every read (159, 160: time; 241: memory) and a
 # store that does not answer (no code) stay 503, as for every read.
 _THE_STORES = frozenset({159, 160, 241})
@@ -41,9 +42,15 @@ class SqlRows(BaseModel):
     summary="Run one SELECT over the analyst views, on the rows the caller may read",
     response_model=SqlRows,
     responses={
-        200: {"content": {"text/csv": {}, PARQUET: {}}, "description": "the rows (json, csv or parquet)"},
-        403: {"description": "analyst SQL is off on this server"},
-        422: {"description": "the query is refused (the reason says why) or fails (the server's code)"},
+        200: {
+            "content": {"text/csv": {"schema": TEXT}, PARQUET: {"schema": BINARY}},
+            "description": "the rows (json, csv or parquet)",
+        },
+        400: {
+            "model": ErrorBody,
+            "description": "the query is refused (the reason says why) or fails (the server's code)",
+        },
+        403: {"model": ErrorBody, "description": "analyst SQL is off on this server"},
     },
 )
 def run_sql(reading: ReadingDep, body: Annotated[SqlRequest, Body()]) -> Response:
@@ -60,7 +67,7 @@ def run_sql(reading: ReadingDep, body: Annotated[SqlRequest, Body()]) -> Respons
             result = sql.run(body.query, reading.scope, fmt=body.format, max_rows=max_rows)
     except SqlRefused as exc:
         reading.audit("audit_log.read", {**details, "refused": str(exc)})
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"query refused: {exc}") from None
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"query refused: {exc}") from None
     except StoreError as exc:
         if exc.code is None or exc.code in _THE_STORES:
             raise
@@ -72,7 +79,7 @@ def run_sql(reading: ReadingDep, body: Annotated[SqlRequest, Body()]) -> Respons
             else failed["detail"]
         )
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            status.HTTP_400_BAD_REQUEST,
             detail=f"query failed (ClickHouse code {exc.code}): {message}",
         ) from None
     if body.format == "json":

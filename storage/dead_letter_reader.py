@@ -58,7 +58,7 @@ class DeadLetterReader:
             "SELECT toUnixTimestamp64Milli(received_at) AS received_at_ms, "
             "ingest_source, infrastructure, event_id, reason_code, reason, ingest_key_id, "
             "kafka_topic, kafka_partition, kafka_offset, length(payload) AS payload_bytes, "
-            "substring(payload, 1, {max_payload:UInt32}) AS payload "
+            "substringUTF8(payload, 1, {max_payload:UInt32}) AS payload "
             f"FROM {self._db}.dead_letters WHERE {' AND '.join(conditions)} "
             "ORDER BY received_at DESC, kafka_topic, kafka_partition, kafka_offset "
             f"LIMIT {{limit:UInt32}} SETTINGS {self._limits}",

@@ -884,6 +884,10 @@ def test_a_lone_surrogate_escape_is_refused_and_a_pair_is_kept(api: Api) -> None
     for n, text in enumerate(("\\ud800", "x\\uDC00y", "\\ude00\\ud83d")):
         r = api.client.post("/v1/events", content=(template % (n, text)).encode(), headers=headers)
         assert r.status_code == 422 and "lone surrogate" in r.json()["detail"], r.text
+    # The same half of a pair, encoded as UTF-8 bytes rather than escaped: not UTF-8 either.
+    raw = (template % (8, "@")).encode().replace(b"@", b"\xed\xa0\x80")
+    r = api.client.post("/v1/events", content=raw, headers=headers)
+    assert r.status_code == 422 and "not UTF-8" in r.json()["detail"], r.text
     r = api.client.post("/v1/events", content=(template % (9, "\\ud83d\\ude00")).encode(), headers=headers)
     assert r.status_code == 200 and r.json()["stored"] == 1, r.text
     [row] = api.get("/v1/events", params=[("fields", "full")]).json()["items"]

@@ -12,6 +12,7 @@ from auditlog.embedded import build_embedded
 from producers.contract.directory import Directory
 from producers.envelope import ENVELOPE_CONTENT_TYPE
 from query_api.settings import ApiSettings
+from storage.dead_letter_reader import MAX_PAYLOAD_CHARS
 from storage.reader import EventFilter, View
 from storage.store import Store
 from stream.messages import RawMessage
@@ -128,3 +129,16 @@ def test_input_orjson_cannot_encode_is_dead_lettered_not_a_crash() -> None:
     )
     [letter] = decode_batch([broken], served("acme")).rejects
     assert (letter.code, letter.infrastructure) == ("envelope_version", "")
+
+
+def test_a_long_payload_is_cut_between_characters(store: Store) -> None:
+    # Found by schemathesis: the listing cut payloads by bytes, splitting a character at the
+    # cut; the page was then no UTF-8 and the listing answered 500.
+    embedded = build_embedded(store, api_settings=ApiSettings(audit_reads=False), directory=directory("acme"))
+    headers = {"Authorization": "Bearer " + make_key(store, "boss", can_ingest=True)}
+    client = TestClient(embedded.app)
+    body = orjson.dumps(event(str(uuid.uuid4()), details="é" * (MAX_PAYLOAD_CHARS + 10)))
+    assert client.post("/v1/events", content=body, headers=headers).status_code == 207
+    [letter] = client.get("/v1/dead-letters", headers=headers).json()["items"]
+    assert letter["payload_bytes"] > MAX_PAYLOAD_CHARS + 1000
+    assert len(letter["payload"]) == MAX_PAYLOAD_CHARS and letter["payload"].endswith("é" * 1000)

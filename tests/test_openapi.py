@@ -4,6 +4,7 @@ and schema. Bounded: a few examples per operation, enough to reach every status 
 
 from __future__ import annotations
 
+import traceback
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -130,5 +131,7 @@ def test_every_operation_answers_as_documented(_api: tuple[FastAPI, dict[str, st
                 # What the run did to the directory (PUT /v1/directory) is undone for the next.
                 services.directory.replace(DIRECTORY)
             except (Exception, BaseExceptionGroup) as exc:  # every operation's failure is collected
-                failures.append(f"{operation.label} ({mode.value}): {exc}"[:3000])
+                # A schemathesis failure says what it sent and got; anything else, where it arose.
+                where = "" if isinstance(exc, BaseExceptionGroup) else "\n" + traceback.format_exc()[-2500:]
+                failures.append(f"{operation.label} ({mode.value}): {exc}"[:3000] + where)
     assert not failures, "\n\n".join(failures)

@@ -47,7 +47,6 @@ def _constant(name: str) -> Any:
 # nothing downstream (orjson, ClickHouse, a SIEM) can carry it. Only a document with such an
 # escape is walked.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _characters_only(value: Any) -> None:
@@ -71,11 +70,11 @@ def _characters_only(value: Any) -> None:
 def loads(data: bytes | str) -> Any:
     """The JSON value of `data`; raises `StrictJSONError` with the reason (and position)."""
     try:
-        value = json.loads(data, object_pairs_hook=_object, parse_constant=_constant)
-        escaped = (
-            _SURROGATE_ESCAPE.search(data) if isinstance(data, str) else _SURROGATE_ESCAPE_BYTES.search(data)
-        )
-        if escaped:
+        # Decoded here, strictly: json.loads would take bytes with "surrogatepass" and let the
+        # encoded half of a pair (ED A0 80) through as a character.
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+        value = json.loads(text, object_pairs_hook=_object, parse_constant=_constant)
+        if _SURROGATE_ESCAPE.search(text):
             _characters_only(value)
         return value
     except json.JSONDecodeError as exc:
