@@ -183,3 +183,20 @@ class Me(BaseModel):
 
 TEXT = {"type": "string"}
 BINARY = {"type": "string", "format": "binary"}
+
+
+class TimelineBucket(BaseModel):
+    start: str = Field(description="RFC 3339, UTC: the interval's first instant")
+    success: int
+    failure: int
+    denied: int
+
+
+class Timeline(BaseModel):
+    """Matching events per interval and outcome, in the caller's scope: one aggregate query."""
+
+    since: str
+    until: str
+    interval_seconds: int
+    total: int
+    buckets: list[TimelineBucket]

@@ -32,14 +32,15 @@ from query_api.deps import (
     v1_router,
 )
 from query_api.inclusion import inclusion
-from query_api.models import BINARY, TEXT, ErrorBody, Event, EventPage, Facets, Me
+from query_api.models import BINARY, TEXT, ErrorBody, Event, EventPage, Facets, Me, Timeline
 from query_api.openapi import request_body, schema_of
 from query_api.parquet_export import MEDIA_TYPE as PARQUET
 from query_api.parquet_export import ParquetStream
 from query_api.read_audit import ReadNotRecorded
 from query_api.search import SearchSyntaxError, compile_query, resolve
-from query_api.serialize import event_out, summary_out, to_ms
-from storage.reader import MAX_PAGE, CursorError, EventFilter, View
+from query_api.serialize import event_out, rfc3339_ms, summary_out, to_ms
+from storage.reader import MAX_BUCKETS, MAX_PAGE, CursorError, EventFilter, View
+from storage.reader import Timeline as StoredTimeline
 
 router = v1_router()
 log = logging.getLogger("auditlog.api")
@@ -333,6 +334,43 @@ def facets(
         )
     reading.audit("audit_log.read", {"view": "facets", **_query_details(reading.request)})
     return _json(result)
+
+
+def timeline_out(timeline: StoredTimeline) -> dict[str, Any]:
+    buckets = [
+        {"start": rfc3339_ms(b.start_ms), **{o: b.counts.get(o, 0) for o in ("success", "failure", "denied")}}
+        for b in timeline.buckets
+    ]
+    return {
+        "since": rfc3339_ms(timeline.since_ms),
+        "until": rfc3339_ms(timeline.until_ms),
+        "interval_seconds": timeline.interval_ms // 1000,
+        "total": sum(sum(b.counts.values()) for b in timeline.buckets),
+        "buckets": buckets,
+    }
+
+
+@router.get(
+    "/events/timeline",
+    response_model=Timeline,
+    summary="Matching events per interval and outcome, over the search's time range (or all of it)",
+)
+def timeline(
+    reading: ReadingDep,
+    filters: FiltersDep,
+    buckets: Annotated[int, Query(ge=1, le=MAX_BUCKETS, description="at most this many intervals")] = 60,
+) -> Response:
+    reader = reading.services.store.reader
+    with reading.turn():
+        result = reader.timeline(
+            scope=reading.scope,
+            view=View(),
+            filters=filters.filter,
+            now_ms=int(time.time() * 1000),
+            buckets=buckets,
+        )
+    reading.audit("audit_log.read", {"view": "timeline", **_query_details(reading.request)})
+    return _json(timeline_out(result))
 
 
 EXPORT_FIELDS = (

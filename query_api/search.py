@@ -119,6 +119,18 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
+def token_end(q: str, start: int) -> int:
+    """Where the token starting at `start` ends, by the tokenizer's rules (quotes keep spaces)."""
+    i, n = start, len(q)
+    while i < n and not q[i].isspace():
+        if q[i] == '"':
+            i += 1
+            while i < n and q[i] != '"':
+                i += 2 if q[i] == "\\" else 1
+        i += 1
+    return min(i, n)
+
+
 def _split_values(raw: str, token: Token) -> tuple[str, ...]:
     values = tuple(v.strip() for v in raw.split(","))
     if not raw or any(not v for v in values):

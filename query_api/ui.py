@@ -45,9 +45,18 @@ from query_api.deps import SESSION_COOKIE as SESSION_COOKIE
 from query_api.deps import Services, ServicesDep, caller_from_session
 from query_api.retention import HoldOut, retention_of
 from query_api.routes import Reading
-from query_api.search import QUALIFIERS, SearchSyntaxError, Term, Text, compile_query, parse
-from query_api.serialize import event_out
+from query_api.search import QUALIFIERS, SearchSyntaxError, Term, Text, compile_query, parse, token_end
+from query_api.serialize import event_out, summary_out
 from query_api.sessions import csrf_ok
+from query_api.ui_summary import (
+    HIDE_READS,
+    facet_panel,
+    reads_shown,
+    term,
+    timeline_bars,
+    with_term,
+    without_time,
+)
 from storage.reader import CursorError, EventFilter, View
 from storage.store import hash_key
 
@@ -62,6 +71,8 @@ MAX_LOGIN_BODY = 8 * 1024
 MAX_TRAIL = 30
 _CURSOR_RE = re.compile(r"^[A-Za-z0-9_-]{1,512}$")
 
+FACET_COLUMNS = ("outcome", "action", "actor_id", "target_kind", "environment")
+
 QUICK_FILTERS: tuple[tuple[str, str], ...] = (
     ("Failures", "outcome:failure"),
     ("Denied", "outcome:denied"),
@@ -74,8 +85,6 @@ QUICK_FILTERS: tuple[tuple[str, str], ...] = (
     ("Teams", "kind:team"),
     ("Environments", "kind:environment"),
     ("Infrastructure", "kind:infrastructure"),
-    # Every page view is itself recorded; an operator often wants those rows out of the way.
-    ("Hide log reads", "-action:audit_log.*"),
 )
 
 KIND_LABELS = {
@@ -274,20 +283,8 @@ def _with_params(path: str, params: Mapping[str, Any]) -> str:
 # -- the search box ----------------------------------------------------------------------
 
 
-def _token_end(q: str, start: int) -> int:
-    """Where the token starting at `start` ends, by the tokenizer's rules (quotes keep spaces)."""
-    i, n = start, len(q)
-    while i < n and not q[i].isspace():
-        if q[i] == '"':
-            i += 1
-            while i < n and q[i] != '"':
-                i += 2 if q[i] == "\\" else 1
-        i += 1
-    return min(i, n)
-
-
 def _without(q: str, start: int) -> str:
-    end = _token_end(q, start)
+    end = token_end(q, start)
     return (q[:start].rstrip() + " " + q[end:].lstrip()).strip()
 
 
@@ -300,7 +297,7 @@ class Chip:
     remove_href: str
 
 
-def _chips(q: str, path: str, limit: int) -> list[Chip]:
+def _chips(q: str, path: str, limit: int, keep: Mapping[str, Any] | None = None) -> list[Chip]:
     query = parse(q)
     items: list[Term | Text] = [*query.terms, *query.texts]
     items.sort(key=lambda item: item.token.position)
@@ -308,8 +305,8 @@ def _chips(q: str, path: str, limit: int) -> list[Chip]:
     for item in items:
         pos = item.token.position
         remaining = _without(q, pos)
-        href = _with_params(path, {"q": remaining, "limit": limit})
-        source = q[pos : _token_end(q, pos)]
+        href = _with_params(path, {"q": remaining, "limit": limit, **(keep or {})})
+        source = q[pos : token_end(q, pos)]
         if isinstance(item, Term):
             chips.append(Chip(item.qualifier, ", ".join(item.values), item.negated, source, href))
         else:
@@ -317,21 +314,23 @@ def _chips(q: str, path: str, limit: int) -> list[Chip]:
     return chips
 
 
-def _quick(q: str, path: str, limit: int, chips: list[Chip]) -> list[dict[str, Any]]:
+def _quick(
+    q: str, path: str, limit: int, chips: list[Chip], keep: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
     active = {c.source: c for c in chips}
     out = []
-    for label, term in QUICK_FILTERS:
-        chip = active.get(term)
+    for label, quick_term in QUICK_FILTERS:
+        chip = active.get(quick_term)
         if chip is not None:
-            out.append({"label": label, "term": term, "active": True, "href": chip.remove_href})
+            out.append({"label": label, "term": quick_term, "active": True, "href": chip.remove_href})
         else:
-            added = (q.strip() + " " + term).strip()
+            added = (q.strip() + " " + quick_term).strip()
             out.append(
                 {
                     "label": label,
-                    "term": term,
+                    "term": quick_term,
                     "active": False,
-                    "href": _with_params(path, {"q": added, "limit": limit}),
+                    "href": _with_params(path, {"q": added, "limit": limit, **(keep or {})}),
                 }
             )
     return out
@@ -407,6 +406,80 @@ def _nav(log: LogView, session: Session) -> str:
     return ""
 
 
+# The pickers beside the search box: each adds one term (`from`/`to` are RFC 3339 or a
+# datetime-local value, read as UTC; the browser's script sends them in UTC).
+_PICKERS = {"env": "env", "kind": "kind", "actor": "actor", "from": "after", "to": "before"}
+
+
+def _picked_terms(params: Mapping[str, str]) -> list[str]:
+    picked = []
+    for name, qualifier in _PICKERS.items():
+        value = (params.get(name) or "").strip()[:256]
+        if value:
+            picked.append(term(qualifier, value))
+    return picked
+
+
+def _summary(
+    session: Session,
+    services: Services,
+    log: LogView,
+    filters: EventFilter,
+    q: str,
+    path: str,
+    limit: int,
+    reads: str | None,
+    at_ms: int,
+) -> dict[str, Any]:
+    """The timeline, the facet panel and the total: two aggregates over the rows of the page's search."""
+    reader = services.store.reader
+
+    def link(new_q: str) -> str:
+        return _with_params(path, {"q": new_q or None, "limit": limit, "reads": reads})
+
+    facets = reader.facets(
+        scope=session.scope, view=log.view, filters=filters, columns=tuple(FACET_COLUMNS), size=5
+    )
+    timeline = reader.timeline(scope=session.scope, view=log.view, filters=filters, now_ms=at_ms, buckets=48)
+    base_q = without_time(q)
+
+    def zoom(after: str, before: str) -> str:
+        return link(with_term(base_q, f"after:{after} before:{before}"))
+
+    def label(column: str, value: str, item: Mapping[str, Any]) -> str:
+        if column == "actor_id":
+            return str(item.get("label") or value)
+        if column == "target_kind":
+            return KIND_LABELS.get(value, value)
+        if column == "environment":
+            return session.directory.display_name("environment", value) or value
+        return value
+
+    return {
+        "total": int(facets["total"]),
+        "timeline": timeline_bars(timeline, zoom),
+        "zoom_base": link(base_q),
+        "zoom_q": base_q,
+        "facets": facet_panel(facets, q, link, label),
+    }
+
+
+def _pickers(session: Session, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """Choices for the pickers: the directory's environments, the kinds, and the actors the
+    caller's rows show most (a directory may list thousands; these are the ones here)."""
+    actors: list[dict[str, str]] = []
+    if summary is not None:
+        for facet in summary["facets"]:
+            if facet["column"] == "actor_id":
+                actors = [{"value": i.value, "label": i.label} for i in facet["items"]]
+    environments = sorted(
+        ({"value": e.id, "label": e.name} for e in session.directory.environments.values()),
+        key=lambda e: e["label"].casefold(),
+    )
+    kinds = [{"value": k, "label": label} for k, label in KIND_LABELS.items()]
+    return {"environments": environments, "kinds": kinds, "actors": actors}
+
+
 def _log_page(request: Request, session: Session, services: Services, log: LogView) -> Response:
     params = request.query_params
     q = (params.get("q") or "")[:2000]
@@ -426,33 +499,51 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
         at_ms = int(datetime.now(UTC).timestamp() * 1000)
     now = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
     path = request.url.path
+    picked = _picked_terms(params)
+    if picked:
+        # The pickers add terms to the search: the page's address stays the search, whole.
+        target = _with_params(
+            path, {"q": with_term(q, " ".join(picked)), "limit": limit, "reads": params.get("reads")}
+        )
+        return RedirectResponse(
+            target, status_code=status.HTTP_303_SEE_OTHER, headers=dict(_SECURITY_HEADERS)
+        )
+    shown = reads_shown(q, params.get("reads"))
+    effective = q if shown else with_term(q, HIDE_READS)
+    kept_reads = "shown" if shown and "audit_log" not in q else None
 
     error: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
     notes: list[str] = []
     chips: list[Chip] = []
     rows: list[dict[str, Any]] = []
     next_cursor: str | None = None
     status_code = 200
     try:
-        compiled = compile_query(q, now=now, directory=session.directory) if q.strip() else None
+        compiled = (
+            compile_query(effective, now=now, directory=session.directory) if effective.strip() else None
+        )
         search = compiled.search if compiled is not None else None
         notes = list(compiled.notes) if compiled is not None else []
-        chips = _chips(q, path, limit) if search is not None else []
+        chips = _chips(q, path, limit, {"reads": kept_reads}) if q.strip() else []
+        filters = EventFilter(search=search)
         with services.read_slots.hold(session.caller.key_id):
             page = services.store.reader.page(
-                scope=session.scope,
-                view=log.view,
-                filters=EventFilter(search=search),
-                limit=limit,
-                cursor=cursor,
+                scope=session.scope, view=log.view, filters=filters, limit=limit, cursor=cursor, summary=True
             )
-        rows = [_row(event_out(r), session) for r in page.items]
+            summary = _summary(session, services, log, filters, q, path, limit, kept_reads, at_ms)
+        rows = [_row(summary_out(r), session) for r in page.items]
         next_cursor = page.next_cursor
         asked = {k: v for k, v in params.multi_items() if k not in ("cursor", "trail")}
-        _audit(request, session, services, {"view": log.view.kind, "query": asked, "returned": len(rows)})
+        _audit(
+            request,
+            session,
+            services,
+            {"view": log.view.kind, "query": asked, "returned": len(rows), "total": summary["total"]},
+        )
     except SearchSyntaxError as exc:
         status_code = 400
-        end = _token_end(q, exc.position) if exc.position < len(q) else len(q)
+        end = token_end(q, exc.position) if exc.position < len(q) else len(q)
         error = {
             "title": "The search could not be read",
             "message": exc.message,
@@ -466,7 +557,7 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
         status_code = 400
         error = {"title": "This page link no longer applies", "message": str(exc), "token": None}
 
-    common = {"q": q or None, "limit": limit}
+    common = {"q": q or None, "limit": limit, "reads": kept_reads}
     next_href = newer_href = None
     if next_cursor:
         next_trail = [*trail, cursor] if cursor else trail
@@ -485,7 +576,8 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
     if error is None:
         exports = {
             fmt: _with_params(
-                session.base + "/v1/events/export", {"format": fmt, **log.export_filter, "q": q.strip()}
+                session.base + "/v1/events/export",
+                {"format": fmt, **log.export_filter, "q": effective.strip()},
             )
             for fmt in ("csv", "ndjson")
         }
@@ -500,10 +592,20 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
         "limit": limit,
         "page_sizes": sorted({*PAGE_SIZES, default_limit}),
         "chips": chips,
-        "quick": _quick(q, path, limit, chips) if error is None or not q.strip() else [],
+        "quick": _quick(q, path, limit, chips, {"reads": kept_reads})
+        if error is None or not q.strip()
+        else [],
         "error": error,
         "rows": rows,
         "notes": notes,
+        "summary": summary,
+        "reads_shown": shown,
+        "reads_href": _with_params(
+            path, {"q": q or None, "limit": limit, "reads": None if shown else "shown"}
+        )
+        if "audit_log" not in q
+        else None,
+        "pickers": _pickers(session, summary),
         "next_href": next_href,
         "newer_href": newer_href,
         "newest_href": newest_href if cursor else None,

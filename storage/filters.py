@@ -145,10 +145,7 @@ def where(flt: EventFilter, scope: ReadScope) -> Where:
     """The filter (and the scope, always first) as SQL over audit_events' columns."""
     scope_sql, params = scope_predicate(scope)
     out = Where(scope=f"({scope_sql})", params=params)
-    since, until = flt.since_ms, flt.until_ms
-    if flt.search is not None:
-        since = _later(since, flt.search.since_ms)
-        until = _earlier(until, flt.search.until_ms)
+    since, until = time_range(flt)
     if since is not None:
         out.add(f"occurred_at >= fromUnixTimestamp64Milli({out.bind(since, 'Int64')}, 'UTC')", key=True)
     if until is not None:
@@ -167,6 +164,13 @@ def where(flt: EventFilter, scope: ReadScope) -> Where:
             sql = _match_sql(match, out)
             out.add(f"NOT {sql}" if match.negated else sql, key=_COLUMN_OF.get(match.field) in KEY_COLUMNS)
     return out
+
+
+def time_range(flt: EventFilter) -> tuple[int | None, int | None]:
+    """The filter's time range, [since, until) in epoch ms: the parameters' and the search's, intersected."""
+    if flt.search is None:
+        return flt.since_ms, flt.until_ms
+    return _later(flt.since_ms, flt.search.since_ms), _earlier(flt.until_ms, flt.search.until_ms)
 
 
 def _later(a: int | None, b: int | None) -> int | None:

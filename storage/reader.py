@@ -20,7 +20,7 @@ import orjson
 from producers.contract.permissions import ReadScope
 from storage.engine import Engine
 from storage.filters import EventFilter as EventFilter  # the filter model every read takes
-from storage.filters import Where, where
+from storage.filters import Where, time_range, where
 from storage.leaf_sql import sealed_sql
 from storage.migrations import check_identifier
 from storage.record import PUBLIC_COLUMNS, entity_key
@@ -114,6 +114,27 @@ class Cursor:
         if fp != query:
             raise CursorError("cursor belongs to a different query: keep the same filters while paging")
         return Cursor(ts, event_id, fp)
+
+
+# Timeline intervals, from a minute to thirty days: the smallest that fits the range in the
+# buckets asked for.
+INTERVALS_MS = tuple(m * 60_000 for m in (1, 5, 15, 30, 60, 180, 360, 720, 1440, 2880, 10080, 43200))
+MAX_BUCKETS = 200
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start_ms: int
+    counts: dict[str, int]
+    """Rows per outcome that occurred in [start_ms, start_ms + interval)."""
+
+
+@dataclass(frozen=True)
+class Timeline:
+    since_ms: int
+    until_ms: int
+    interval_ms: int
+    buckets: list[Bucket]
 
 
 @dataclass
@@ -256,6 +277,44 @@ class EventReader:
             if len(rows) < chunk_rows:
                 return
             after = (int(rows[-1]["occurred_at_ms"]), rows[-1]["event_id"])
+
+    def timeline(
+        self, *, scope: ReadScope, view: View, filters: EventFilter, now_ms: int, buckets: int = 60
+    ) -> Timeline:
+        """Matching rows per interval and outcome, over the filter's time range (or from the
+        oldest matching row to `now_ms`): one aggregate over the rows, after a read of the oldest
+        row's time by primary key when the range is open."""
+        if not 1 <= buckets <= MAX_BUCKETS:
+            raise ValueError(f"buckets must be between 1 and {MAX_BUCKETS}")
+        where = _where(view, filters, scope)
+        since, until = time_range(filters)
+        until = now_ms if until is None else until
+        if since is None:
+            oldest = self._engine.query(
+                f"SELECT toUnixTimestamp64Milli(occurred_at) AS t {self._rows(view, where)} "
+                f"ORDER BY occurred_at ASC LIMIT 1{self._settings(view)}",
+                params=where.params,
+            )
+            if not oldest:
+                return Timeline(since_ms=until, until_ms=until, interval_ms=INTERVALS_MS[0], buckets=[])
+            since = int(oldest[0]["t"])
+        interval = next((i for i in INTERVALS_MS if (until - since) / i <= buckets), INTERVALS_MS[-1])
+        rows = self._engine.query(
+            "SELECT toInt64(toUnixTimestamp(toStartOfInterval(occurred_at, INTERVAL {t_iv:UInt32} SECOND))) "
+            f"* 1000 AS t, outcome, count() AS n {self._rows(view, where)} "
+            f"GROUP BY t, outcome ORDER BY t{self._settings(view)}",
+            params={**where.params, "t_iv": interval // 1000},
+        )
+        by_start: dict[int, dict[str, int]] = {}
+        for r in rows:
+            by_start.setdefault(int(r["t"]), {})[r["outcome"]] = int(r["n"])
+        start = since - since % interval
+        out = [
+            Bucket(start_ms=t, counts=by_start.get(t, {}))
+            for t in range(start, until + 1, interval)
+            if t < until
+        ]
+        return Timeline(since_ms=since, until_ms=until, interval_ms=interval, buckets=out)
 
     def facets(
         self, *, scope: ReadScope, view: View, filters: EventFilter, columns: Sequence[str], size: int = 10

@@ -443,7 +443,7 @@ def test_global_log_renders_newest_first_and_search_narrows(
     assert stamps == sorted(stamps, reverse=True)
     # Times are converted to the browser's zone; the zone is named above the table.
     first = page.locator("table.events time").first
-    assert first.get_attribute("data-localized") == "true"
+    assert first.get_attribute("data-localized") == "local"
     assert "UTC" not in first.inner_text()
     assert page.locator("[data-tz]").inner_text() == TIMEZONE.replace("_", " ")
     s.shot("global")
@@ -516,9 +516,7 @@ def test_paging_with_the_keyset_cursor_next_and_newer(
 ) -> None:
     s = open_session(installation.admin_key)
     page = s.page
-    # Reads are audited as they happen; leave those new rows out so that pages stay put.
-    page.click(f'.qchip[data-term="{NOT_READS}"]')
-    page.wait_for_url(lambda url: query_of(url).get("q") == [NOT_READS])
+    # Reads are audited as they happen; the viewer leaves them out unless asked, so pages stay put.
     page.select_option("#limit", "25")
     page.wait_for_url(re.compile(r"limit=25"))
     first = s.row_ids()
@@ -567,9 +565,11 @@ def test_actor_opens_the_activity_log_and_target_the_change_log(
     andrea = installation.count(lambda e: e["actor"]["id"] == "u-andrea")
     assert len(s.row_ids()) == min(andrea, 50)
     assert set(s.column(".actor-link")) == {"Andrea Fleet"}
+    # The export covers the rows shown: log reads are left out of both unless asked for.
     assert query_of(page.get_attribute("#export-csv", "href") or "") == {
         "format": ["csv"],
         "actor": ["u-andrea"],
+        "q": [NOT_READS],
     }
     s.shot("activity")
 
@@ -597,7 +597,7 @@ def test_actor_opens_the_activity_log_and_target_the_change_log(
     assert len(s.row_ids()) == related
     assert "deployment_plan.execute" in s.column(".col-action")
     export = page.get_attribute("#export-ndjson", "href") or ""
-    assert query_of(export) == {"format": ["ndjson"], "entity": ["application/app-portal"]}
+    assert query_of(export) == {"format": ["ndjson"], "entity": ["application/app-portal"], "q": [NOT_READS]}
     lines = page.request.get(installation.base_url + export).body().splitlines()
     assert {orjson.loads(x)["event_id"] for x in lines if x.strip()} == set(s.row_ids())
 
@@ -686,8 +686,8 @@ def test_developer_sees_only_rows_of_its_application(
     s.go("/ui/?q=outcome%3Afailure")
     csv_href = page.get_attribute("#export-csv", "href") or ""
     ndjson_href = page.get_attribute("#export-ndjson", "href") or ""
-    assert query_of(csv_href) == {"format": ["csv"], "q": ["outcome:failure"]}
-    assert query_of(ndjson_href) == {"format": ["ndjson"], "q": ["outcome:failure"]}
+    assert query_of(csv_href) == {"format": ["csv"], "q": ["outcome:failure " + NOT_READS]}
+    assert query_of(ndjson_href) == {"format": ["ndjson"], "q": ["outcome:failure " + NOT_READS]}
     assert urlsplit(ndjson_href).path == "/v1/events/export"
     # The export endpoint takes the same cookie: what it streams stays inside the scope too.
     failures = {e["event_id"] for e in installation.events if e["outcome"] == "failure"}
@@ -738,7 +738,11 @@ def test_narrow_screen_has_no_horizontal_overflow(
         widths = page.evaluate(
             "[document.body.scrollWidth, document.documentElement.scrollWidth, window.innerWidth]"
         )
-        assert max(widths[:2]) <= widths[2], f"{name} overflows horizontally: {widths}"
+        wide = page.evaluate(
+            "Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right"
+            " > window.innerWidth + 1).slice(-3).map(e => e.tagName + '.' + e.className + '#' + e.id)"
+        )
+        assert max(widths[:2]) <= widths[2], f"{name} overflows horizontally: {widths}, widest: {wide}"
         s.shot(name)
     s.go("/ui/")
     assert page.eval_on_selector("table.events tbody tr", "e => getComputedStyle(e).display") == "block"
@@ -804,3 +808,169 @@ def test_retention_page_shows_the_policy_holds_and_purges_to_administrators_only
     assert "Retention" not in dev.page.locator(".mainnav").inner_text()
     assert dev.go("/ui/retention") == 403
     assert "Manage Infrastructure and Users" in dev.page.inner_text("#problem-message")
+
+
+# -- the overview: timeline, facets, total; pickers, time zone, saved searches -----------
+
+
+def _bar_counts(s: Session) -> list[int]:
+    bars = s.page.locator("#timeline a.bar")
+    return [int(bars.nth(i).get_attribute("data-count") or 0) for i in range(bars.count())]
+
+
+def _facet(s: Session, column: str) -> dict[str, int]:
+    items = s.page.locator(f'.facet[data-facet="{column}"] li')
+    out = {}
+    for i in range(items.count()):
+        value = items.nth(i).locator(".facet-value").inner_text().strip()
+        out[value] = int(items.nth(i).locator(".facet-count").inner_text().replace(",", ""))
+    return out
+
+
+def _total(s: Session) -> int:
+    return int(s.page.locator("#total strong").inner_text().replace(",", ""))
+
+
+@pytest.mark.parametrize("width", [1400, 375])
+@pytest.mark.parametrize("persona", ["admin", "developer"])
+def test_overview_counts_the_callers_rows_and_its_controls_filter(
+    open_session: Callable[..., Session], installation: Installation, persona: str, width: int
+) -> None:
+    key = installation.admin_key if persona == "admin" else installation.dev_key
+    visible = [
+        e for e in installation.events if persona == "admin" or e["event_id"] in installation.dev_visible
+    ]
+    s = open_session(key, width=width, height=900)
+    page = s.page
+    # Log reads are hidden by default: the total is the installation's own events in scope.
+    assert _total(s) == len(visible)
+    assert sum(_bar_counts(s)) == len(visible)
+    outcomes = {o: sum(1 for e in visible if e["outcome"] == o) for o in ("success", "failure", "denied")}
+    assert _facet(s, "outcome") == {o: n for o, n in outcomes.items() if n}
+    s.shot(f"overview-{persona}-{width}")
+
+    # A facet value filters on it; the total, the timeline and the rows follow.
+    page.click('.facet[data-facet="outcome"] .facet-value:text-is("failure")')
+    page.wait_for_url(lambda url: query_of(url).get("q") == ["outcome:failure"])
+    assert _total(s) == sum(_bar_counts(s)) == outcomes["failure"]
+    assert set(s.row_attr("data-outcome")) == {"failure"}
+
+    # Alt-click excludes the value instead.
+    action = page.locator('.facet[data-facet="action"] .facet-value').first.inner_text().strip()
+    page.click(f'.facet[data-facet="action"] .facet-value:text-is("{action}")', modifiers=["Alt"])
+    page.wait_for_url(lambda url: query_of(url).get("q") == [f"outcome:failure -action:{action}"])
+    expected = sum(1 for e in visible if e["outcome"] == "failure" and e["action"] != action)
+    assert _total(s) == expected
+    assert action not in s.column(".col-action")
+
+    # The last two days in hourly bars: a click on a bar zooms into its hour.
+    s.go("/ui/?q=" + quote("after:-2d"))
+    counts = _bar_counts(s)
+    assert len(counts) >= 40 and sum(counts) == _total(s)
+    busiest = max(range(len(counts)), key=lambda i: counts[i])
+    with page.expect_navigation():
+        page.locator("#timeline a.bar").nth(busiest).dispatch_event("click")
+    q = query_of(page.url)["q"][0]
+    assert q.startswith("after:") and " before:" in q
+    assert _total(s) == len(s.row_ids()) == counts[busiest]
+    s.shot(f"timeline-zoomed-{persona}-{width}")
+
+
+def test_dragging_across_the_timeline_zooms_into_that_range(
+    open_session: Callable[..., Session], installation: Installation
+) -> None:
+    s = open_session(installation.admin_key, width=1400)
+    page = s.page
+    s.go("/ui/?q=" + quote("after:-2d kind:application"))
+    counts = _bar_counts(s)
+    box = page.locator("#timeline svg").bounding_box()
+    assert box is not None
+    step = box["width"] / len(counts)
+    first, last = 10, 25
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + step * (first + 0.5), y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + step * (last + 0.5), y, steps=8)
+    with page.expect_navigation():
+        page.mouse.up()
+    q = query_of(page.url)["q"][0]
+    assert q.startswith("kind:application after:") and " before:" in q
+    assert _total(s) == sum(counts[first : last + 1])
+
+
+def test_log_reads_are_hidden_until_one_click_shows_them(
+    open_session: Callable[..., Session], installation: Installation
+) -> None:
+    s = open_session(installation.admin_key)
+    page = s.page
+    s.go("/ui/")  # this very view is recorded as a read
+    assert not any(a.startswith("audit_log.") for a in s.column(".col-action"))
+    assert "Log reads hidden" in page.inner_text("#reads-toggle")
+    page.click("#reads-toggle")
+    page.wait_for_url(lambda url: query_of(url).get("reads") == ["shown"])
+    assert "audit_log.read" in s.column(".col-action")
+    assert page.inner_text("#reads-toggle") == "Hide log reads"
+    # Paging and filters keep them shown.
+    page.click('.qchip[data-term="after:-24h"]')
+    page.wait_for_url(lambda url: query_of(url).get("reads") == ["shown"])
+    assert "audit_log.read" in s.column(".col-action")
+
+
+def test_times_switch_between_the_browsers_zone_and_utc_and_stay_switched(
+    open_session: Callable[..., Session], installation: Installation
+) -> None:
+    s = open_session(installation.admin_key)
+    page = s.page
+    fixed = f'table.events tr[data-event-id="{installation.special["fixed"]["event_id"]}"] time'
+    s.go("/ui/?q=" + quote("before:2024-03-02"))
+    assert page.inner_text(fixed) == "Mar 01, 2024, 07:00:00 AM"  # New York
+    page.click("#tz-toggle")
+    assert page.inner_text(fixed) == "Mar 01, 2024, 12:00:00 PM UTC"
+    assert page.inner_text("[data-tz]") == "UTC"
+    page.reload()
+    assert page.inner_text(fixed) == "Mar 01, 2024, 12:00:00 PM UTC"
+    assert page.inner_text("#tz-toggle") == "Show local time"
+    page.click("#tz-toggle")
+    assert page.inner_text(fixed) == "Mar 01, 2024, 07:00:00 AM"
+
+
+@pytest.mark.parametrize("width", [1400, 375])
+def test_pickers_add_terms_and_searches_are_saved_and_shared(
+    open_session: Callable[..., Session], installation: Installation, width: int
+) -> None:
+    s = open_session(installation.admin_key, width=width, height=900)
+    page = s.page
+    page.select_option("#pick-env", "Production")
+    page.wait_for_url(lambda url: query_of(url).get("q") == ["env:Production"])
+    production = [e for e in installation.events if e.get("environment") == "env-prod"]
+    assert _total(s) == len(production)
+    assert set(s.column(".col-env")) == {"Productionenv-prod"}
+    page.select_option("#pick-kind", "application")
+    page.wait_for_url(lambda url: query_of(url).get("q") == ["env:Production kind:application"])
+    assert set(s.column(".col-target .kind")) == {"Application"}
+    page.select_option("#pick-actor", "u-andrea")
+    page.wait_for_url(lambda url: "actor:u-andrea" in query_of(url)["q"][0])
+    assert set(s.column(".actor-link")) == {"Andrea Fleet"}
+
+    # A range picked in the browser's zone (New York) arrives in UTC.
+    s.go("/ui/")
+    page.fill("#pick-from", "2024-03-01T06:00")
+    page.fill("#pick-to", "2024-03-01T08:00")
+    page.click("#apply-range")
+    page.wait_for_url(lambda url: "after:" in (query_of(url).get("q") or [""])[0])
+    assert query_of(page.url)["q"] == ["after:2024-03-01T11:00:00Z before:2024-03-01T13:00:00Z"]
+    assert s.row_ids() == [installation.special["fixed"]["event_id"]]
+    s.shot(f"pickers-{width}")
+
+    # Saved in this browser, under a name; a link brings the search back.
+    page.click("#saved-menu summary")
+    page.fill("#save-name", "The fixed event")
+    page.click("#save-search")
+    saved = page.locator("#saved-list a")
+    assert saved.all_inner_texts() == ["The fixed event"]
+    s.go("/ui/?q=kind%3Arole")
+    page.click("#saved-menu summary")
+    with page.expect_navigation():
+        page.click('#saved-list a:text-is("The fixed event")')
+    assert s.row_ids() == [installation.special["fixed"]["event_id"]]
+    s.shot(f"saved-searches-{width}")
