@@ -47,3 +47,9 @@ class ApiSettings(BaseSettings):
     sql_max_rows: int = Field(
         default=100_000, ge=1, le=10_000_000, description="most rows one POST /v1/sql answer may hold"
     )
+    live_interval_s: float = Field(
+        default=5.0, gt=0, le=300, description="how often the viewer's live updates count new events"
+    )
+    live_max_s: float = Field(
+        default=1800.0, gt=0, description="how long one live stream lasts before the browser opens another"
+    )

@@ -48,6 +48,7 @@ from query_api.routes import Reading
 from query_api.search import QUALIFIERS, SearchSyntaxError, Term, Text, compile_query, parse, token_end
 from query_api.serialize import event_out, summary_out
 from query_api.sessions import csrf_ok
+from query_api.ui_live import live_stream, wants_live
 from query_api.ui_summary import (
     HIDE_READS,
     facet_panel,
@@ -381,6 +382,12 @@ def _int_param(raw: str | None, default: int) -> int:
     return int(raw)
 
 
+def _clock(raw: str | None, default: int) -> int:
+    value = _int_param(raw, 0)
+    # Not a clock this viewer wrote (or past any date an event may carry): the default.
+    return value if 0 < value < _LATEST_AT_MS else default
+
+
 def _trail(raw: str | None) -> list[str]:
     if not raw:
         return []
@@ -493,10 +500,7 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
     trail = _trail(params.get("trail"))
     # Relative times (after:-7d) are pinned to the first page's clock, or the cursor's
     # query fingerprint would change between pages.
-    at_ms = _int_param(params.get("at"), 0)
-    if not 0 < at_ms < _LATEST_AT_MS:
-        # Not a clock this viewer wrote (or past any date an event may carry): now.
-        at_ms = int(datetime.now(UTC).timestamp() * 1000)
+    at_ms = _clock(params.get("at"), int(datetime.now(UTC).timestamp() * 1000))
     now = datetime.fromtimestamp(at_ms / 1000, tz=UTC)
     path = request.url.path
     picked = _picked_terms(params)
@@ -517,6 +521,7 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
     notes: list[str] = []
     chips: list[Chip] = []
     rows: list[dict[str, Any]] = []
+    newest_ms = at_ms
     next_cursor: str | None = None
     status_code = 200
     try:
@@ -527,14 +532,27 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
         notes = list(compiled.notes) if compiled is not None else []
         chips = _chips(q, path, limit, {"reads": kept_reads}) if q.strip() else []
         filters = EventFilter(search=search)
+        asked = {k: v for k, v in params.multi_items() if k not in ("cursor", "trail", "live_after")}
+        if wants_live(request) and cursor is None:
+            reader = services.store.reader
+            _audit(request, session, services, {"view": log.view.kind, "query": asked, "live": True})
+            return live_stream(
+                request,
+                services,
+                session_id=session.session_id,
+                key_id=session.caller.key_id,
+                count=lambda f: reader.count(scope=session.scope, view=log.view, filters=f),
+                filters=filters,
+                after_ms=_clock(params.get("live_after"), at_ms),
+            )
         with services.read_slots.hold(session.caller.key_id):
             page = services.store.reader.page(
                 scope=session.scope, view=log.view, filters=filters, limit=limit, cursor=cursor, summary=True
             )
             summary = _summary(session, services, log, filters, q, path, limit, kept_reads, at_ms)
         rows = [_row(summary_out(r), session) for r in page.items]
+        newest_ms = int(page.items[0]["occurred_at_ms"]) if page.items else at_ms
         next_cursor = page.next_cursor
-        asked = {k: v for k, v in params.multi_items() if k not in ("cursor", "trail")}
         _audit(
             request,
             session,
@@ -606,6 +624,8 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
         if "audit_log" not in q
         else None,
         "pickers": _pickers(session, summary),
+        # Live updates on the first page only: what is newer than its newest row.
+        "live": {"after": newest_ms, "href": newest_href} if error is None and cursor is None else None,
         "next_href": next_href,
         "newer_href": newer_href,
         "newest_href": newest_href if cursor else None,

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import orjson
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expect, sync_playwright
 
 from auditlog.embedded import build_embedded
 from producers.contract.directory import Directory
@@ -260,7 +260,8 @@ class _BackgroundServer:
 
 @pytest.fixture
 def installation(store: Store) -> Iterator[Installation]:
-    embedded = build_embedded(store, directory=DIRECTORY, api_settings=ApiSettings())
+    # Live updates count every 0.3 s here (5 s by default), so a test sees them at once.
+    embedded = build_embedded(store, directory=DIRECTORY, api_settings=ApiSettings(live_interval_s=0.3))
     now = datetime.now(UTC).replace(microsecond=0)
     events = [_event(i, now - timedelta(minutes=5 + 97 * i)) for i in range(300)]
     special = _special_events()
@@ -974,3 +975,59 @@ def test_pickers_add_terms_and_searches_are_saved_and_shared(
         page.click('#saved-list a:text-is("The fixed event")')
     assert s.row_ids() == [installation.special["fixed"]["event_id"]]
     s.shot(f"saved-searches-{width}")
+
+
+def test_live_updates_count_new_matching_events_and_can_be_paused(
+    open_session: Callable[..., Session], installation: Installation
+) -> None:
+    s = open_session(installation.admin_key)
+    page = s.page
+    s.go("/ui/?q=" + quote("kind:application"))
+    assert page.inner_text("#live-status") == "Live"
+    assert page.locator("#live-show").is_hidden()
+    newest = s.row_ids()[0]
+
+    def ingest(i: int, kind: str = "application") -> str:
+        event = _event(1000 + i, datetime.now(UTC))
+        event["target"] = {"kind": kind, "id": "app-billing" if kind == "application" else "role-dev"}
+        event["event_id"] = str(uuid.uuid4())
+        report = installation.services.ingestor.ingest([event], received_at_ms=int(time.time() * 1000))
+        assert report.stored == 1
+        return str(event["event_id"])
+
+    first = ingest(1)
+    ingest(2, kind="role")  # not matching: not counted
+    page.wait_for_selector("#live-show:visible")
+    assert page.inner_text("#live-show") == "Show 1 new event"
+    s.shot("live-updates")
+
+    page.click("#live-pause")
+    assert page.inner_text("#live-status") == "Paused"
+    ingest(3)
+    time.sleep(1.0)
+    assert page.inner_text("#live-show") == "Show 1 new event"  # paused: not counted
+    page.click("#live-pause")
+    expect(page.locator("#live-show")).to_have_text("Show 2 new events")
+
+    page.click("#live-show")
+    page.wait_for_load_state()
+    ids = s.row_ids()
+    assert first in ids[:2] and newest in ids
+
+
+def test_live_updates_count_only_what_the_caller_may_read(
+    open_session: Callable[..., Session], installation: Installation
+) -> None:
+    s = open_session(installation.dev_key, width=375, height=812)
+    page = s.page
+    assert page.inner_text("#live-status") == "Live"
+    for app in ("app-portal", "app-search", "app-billing"):
+        event = _event(2000, datetime.now(UTC))
+        event.update(event_id=str(uuid.uuid4()), target={"kind": "application", "id": app})
+        assert (
+            installation.services.ingestor.ingest([event], received_at_ms=int(time.time() * 1000)).stored == 1
+        )
+    expect(page.locator("#live-show")).to_have_text("Show 1 new event")
+    time.sleep(1.0)
+    expect(page.locator("#live-show")).to_have_text("Show 1 new event")
+    s.shot("mobile-live-developer")

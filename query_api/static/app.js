@@ -222,6 +222,50 @@
     });
   }
 
+  // New matching events, counted by the server (server-sent events on the page's own address).
+  function liveUpdates() {
+    var box = document.getElementById("live");
+    if (!box || !window.EventSource) { return; }
+    box.hidden = false;
+    var status = document.getElementById("live-status");
+    var show = document.getElementById("live-show");
+    var pause = document.getElementById("live-pause");
+    var url = new URL(window.location.href);
+    url.searchParams.set("live_after", box.getAttribute("data-live-after"));
+    var source = null;
+    function open() {
+      source = new EventSource(url.toString());
+      status.textContent = "Live";
+      source.addEventListener("count", function (event) {
+        var n = JSON.parse(event.data)["new"];
+        show.hidden = n === 0;
+        show.textContent = "Show " + n + " new event" + (n === 1 ? "" : "s");
+      });
+      source.addEventListener("end", function () {
+        source.close();
+        status.textContent = "Live updates ended (signed out)";
+      });
+      source.addEventListener("unavailable", function () {
+        source.close();
+        status.textContent = "Live updates paused: the store did not answer";
+      });
+    }
+    pause.addEventListener("click", function () {
+      var paused = pause.getAttribute("aria-pressed") === "true";
+      if (paused) {
+        open();
+        pause.textContent = "Pause";
+      } else {
+        if (source) { source.close(); }
+        status.textContent = "Paused";
+        pause.textContent = "Resume";
+      }
+      pause.setAttribute("aria-pressed", paused ? "false" : "true");
+      box.classList.toggle("is-paused", !paused);
+    });
+    open();
+  }
+
   function start() {
     localizeTimes();
     timeZoneSwitch();
@@ -229,6 +273,7 @@
     facetExclude();
     timelineZoom();
     savedSearches();
+    liveUpdates();
     autosubmit();
     searchShortcut();
     document.documentElement.setAttribute("data-ready", "true");
