@@ -29,7 +29,7 @@ from typing import Any
 from benchmarks.common import say_ready, serve_json_lines
 from benchmarks.dataset import ADMIN_USER, BENCH_INFRASTRUCTURE, DATABASE, GRANTS_USER, chdb_sizes
 from benchmarks.profiles import summarize_pstats
-from benchmarks.queries import FACET_SIZE, FACETS, PAGE_SIZE
+from benchmarks.queries import FACET_SIZE, FACETS, PAGE_SIZE, TIMELINE_BUCKETS
 from producers.contract.permissions import Caller, ReadScope, scope_for
 from query_api.search import compile_query
 from storage.engine import ChdbEngine, Params
@@ -139,7 +139,16 @@ class Server:
             )
             ms = (time.perf_counter() - started) * 1000
             return {"ms": ms, "facets": result}
-        page = self.store.reader.page(scope=scope, view=view, filters=flt, limit=PAGE_SIZE, cursor=cursor)
+        if spec.get("timeline"):
+            timeline = self.store.reader.timeline(
+                scope=scope, view=view, filters=flt, now_ms=int(spec["now_ms"]), buckets=TIMELINE_BUCKETS
+            )
+            ms = (time.perf_counter() - started) * 1000
+            return {"ms": ms, "timeline": {str(b.start_ms): b.counts for b in timeline.buckets if b.counts}}
+        # A listing's page as the API answers it by default: summaries (fields=summary).
+        page = self.store.reader.page(
+            scope=scope, view=view, filters=flt, limit=PAGE_SIZE, cursor=cursor, summary=True
+        )
         ms = (time.perf_counter() - started) * 1000
         return {"ms": ms, "ids": [r["event_id"] for r in page.items], "more": page.next_cursor is not None}
 

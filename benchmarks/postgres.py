@@ -38,8 +38,19 @@ from typing import Any
 import orjson
 
 from benchmarks.common import REPO, free_port, log
-from benchmarks.queries import DEEP_PAGE, PAGE_SIZE, facets_out, pg_facets, pg_keyset_at, pg_page
+from benchmarks.queries import (
+    DEEP_PAGE,
+    PAGE_SIZE,
+    TIMELINE_BUCKETS,
+    facets_out,
+    pg_facets,
+    pg_keyset_at,
+    pg_oldest,
+    pg_page,
+    pg_timeline,
+)
 from producers.contract.permissions import ReadScope
+from storage.reader import INTERVALS_MS
 from storage.record import COLUMN_NAMES
 
 # shared_buffers etc. for a 2-core, ~24 GB machine shared with other work.
@@ -356,6 +367,8 @@ class PgQueries:
         scope = self.scopes[spec["caller"]]
         if spec.get("facets"):
             return pg_facets(spec, scope)
+        if spec.get("timeline"):
+            return pg_timeline(spec, scope, INTERVALS_MS[-1])
         return pg_page(spec, scope, self._after(spec))
 
     def run_once(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -372,6 +385,21 @@ class PgQueries:
             rows = self.cur.fetchall()
             ms = (time.perf_counter() - started) * 1000
             return {"ms": ms, "facets": facets_out(rows)}
+        if spec.get("timeline"):
+            # As the product's reader: the oldest row's time, then one aggregate in the interval
+            # that fits the range into the buckets.
+            sql, params = pg_oldest(spec, scope)
+            oldest = self.conn.execute(sql, params).fetchone()
+            buckets: dict[str, dict[str, int]] = {}
+            if oldest is not None:
+                span = int(spec["now_ms"]) - int(oldest[0])
+                interval = next((i for i in INTERVALS_MS if span / i <= TIMELINE_BUCKETS), INTERVALS_MS[-1])
+                sql, params = pg_timeline(spec, scope, interval)
+                self.cur.execute(sql, params, prepare=False)
+                for r in self.cur.fetchall():
+                    buckets.setdefault(str(int(r["t"])), {})[r["outcome"]] = int(r["n"])
+            ms = (time.perf_counter() - started) * 1000
+            return {"ms": ms, "timeline": buckets}
         sql, params = pg_page(spec, scope, after)
         self.cur.execute(sql, params)
         rows = self.cur.fetchall()

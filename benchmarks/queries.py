@@ -8,6 +8,7 @@ same permission rule, filters, order and keyset condition.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from producers.contract.permissions import APP_PREFIX, PLAN_PREFIX, TEAM_PREFIX, ReadScope
@@ -17,6 +18,7 @@ PAGE_SIZE = 50
 DEEP_PAGE = 20
 FACETS = ("action", "actor_id", "target_kind", "environment", "outcome")
 FACET_SIZE = 10
+TIMELINE_BUCKETS = 48
 
 # name, what it is, whether it is a first page (the <100 ms goal applies to those)
 QUERIES: tuple[tuple[str, str, bool], ...] = (
@@ -28,6 +30,7 @@ QUERIES: tuple[tuple[str, str, bool], ...] = (
     ("entity_deep", f"entity change log, page {DEEP_PAGE} (keyset cursor)", False),
     ("free_text", "global log, free-text search, first page", True),
     ("facets", "facets (top 10 of 5 columns + total) over the whole log", False),
+    ("timeline", f"timeline ({TIMELINE_BUCKETS} intervals by outcome) over the whole log", False),
 )
 QUERY_NAMES = tuple(name for name, _, _ in QUERIES)
 FIRST_PAGE = frozenset(name for name, _, first in QUERIES if first)
@@ -55,6 +58,10 @@ def spec(name: str, caller: str, targets: dict[str, Any]) -> dict[str, Any]:
         s["text"] = targets["free_text"]
     if name == "facets":
         s["facets"] = True
+    if name == "timeline":
+        # Open range, from the oldest row to the data set's end (the month windows are its last two).
+        s["timeline"] = True
+        s["now_ms"] = 2 * targets["until_ms"] - targets["since_ms"]
     return s
 
 
@@ -133,8 +140,12 @@ def pg_where(s: dict[str, Any], scope: ReadScope) -> tuple[str, list[str], dict[
         clauses.append("e.outcome = ANY(%(f_outcomes)s::text[])")
         params["f_outcomes"] = f["outcomes"]
     if s.get("text"):
-        clauses.append(f"{SEARCH_DOC} LIKE %(q_text)s")
-        params["q_text"] = "%" + _like_escape(str(s["text"]).lower()) + "%"
+        # Words, as the product's search means them (storage.filters): the trigram index finds
+        # the substring, the regular expression keeps it where it is a whole word.
+        text = str(s["text"]).lower()
+        clauses.append(f"{SEARCH_DOC} LIKE %(q_text)s AND {SEARCH_DOC} ~ %(q_word)s")
+        params["q_text"] = "%" + _like_escape(text) + "%"
+        params["q_word"] = "(^|[^a-z0-9])" + re.escape(text) + "([^a-z0-9]|$)"
     return source, clauses, params
 
 
@@ -178,6 +189,27 @@ def pg_facets(s: dict[str, Any], scope: ReadScope) -> tuple[str, dict[str, Any]]
         f"SELECT {flags}, {cols}, count(*) AS count, min(e.actor_name) AS label "
         f"FROM {source} WHERE {' AND '.join(clauses)} GROUP BY GROUPING SETS ({sets}, ())) g) r "
         "WHERE rn <= %(f_size)s"
+    )
+    return sql, params
+
+
+def pg_oldest(s: dict[str, Any], scope: ReadScope) -> tuple[str, dict[str, Any]]:
+    """The oldest matching row's time, by the time index: where an open timeline starts."""
+    source, clauses, params = pg_where(s, scope)
+    sql = (
+        f"SELECT (extract(epoch FROM e.occurred_at) * 1000)::bigint FROM {source} "
+        f"WHERE {' AND '.join(clauses)} ORDER BY e.occurred_at ASC LIMIT 1"
+    )
+    return sql, params
+
+
+def pg_timeline(s: dict[str, Any], scope: ReadScope, interval_ms: int) -> tuple[str, dict[str, Any]]:
+    """Rows per interval (aligned to the epoch, as toStartOfInterval) and outcome."""
+    source, clauses, params = pg_where(s, scope)
+    params["t_iv"] = interval_ms
+    sql = (
+        "SELECT (floor(extract(epoch FROM e.occurred_at) * 1000 / %(t_iv)s) * %(t_iv)s)::bigint AS t, "
+        f"e.outcome, count(*) AS n FROM {source} WHERE {' AND '.join(clauses)} GROUP BY 1, 2"
     )
     return sql, params
 

@@ -42,7 +42,7 @@ GOAL_STREAM_EVENTS_PER_S = 30_000
 GOAL_LATENCY_P95_MS = 2_000
 GOAL_FIRST_PAGE_P95_MS = 100
 GOAL_PG_RATIO = 5.0
-RATIO_QUERIES = ("global_first", "global_filtered", "facets")
+RATIO_QUERIES = ("global_first", "global_filtered", "facets", "timeline")
 
 
 # ------------------------------------------------------------------------------ sections
@@ -192,6 +192,8 @@ def run_queries(
                         a, b = set(ch_last["ids"]), set(pg_last["ids"])
                         row["same_rows"] = a == b
                         row["row_overlap"] = len(a & b) / max(1, len(a | b))
+                    elif "timeline" in ch_last:
+                        row["same_rows"] = ch_last["timeline"] == pg_last["timeline"]
                     else:
                         row["same_rows"] = same_facets(ch_last["facets"], pg_last["facets"])
                 results.append(row)

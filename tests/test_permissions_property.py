@@ -638,7 +638,10 @@ def fetch_all(
     items: list[dict[str, Any]] = []
     cursor: str | None = None
     for _ in range(200):
-        query = [*params, ("limit", str(limit))] + ([("cursor", cursor)] if cursor else [])
+        # Whole events: every view is compared field by field with the global log and one event.
+        query = [*params, ("limit", str(limit)), ("fields", "full")] + (
+            [("cursor", cursor)] if cursor else []
+        )
         r = client.get(path, params=query, headers=auth(key))
         if r.status_code != 200:
             assert not items, f"{path} answered {r.status_code} after {len(items)} rows: {r.text}"

@@ -281,7 +281,7 @@ class Api:
         items: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
-            query = {"infrastructure": INFRA, "limit": 1000, **params}
+            query = {"infrastructure": INFRA, "limit": 1000, "fields": "full", **params}
             if cursor:
                 query["cursor"] = cursor
             response = self.client.get(path, params=query)
@@ -777,7 +777,7 @@ def test_the_api_of_a_worker_records_its_reads_before_answering(
     assert dev.get("/v1/events", q="action:application.*").status_code == 200
 
     def recorded() -> list[dict[str, Any]]:
-        r = admin.get("/v1/events", q="action:audit_log.read actor:u-dev", limit=10)
+        r = admin.get("/v1/events", q="action:audit_log.read actor:u-dev", limit=10, fields="full")
         assert r.status_code == 200, r.text
         items: list[dict[str, Any]] = r.json()["items"]
         return items
