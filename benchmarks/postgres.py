@@ -114,7 +114,11 @@ CREATE TABLE audit_events (
     app_team_id text NOT NULL,
     scope_key text NOT NULL,
     ingest_source text NOT NULL,
-    kafka_topic text NOT NULL
+    kafka_topic text NOT NULL,
+    content_hash numeric(39) NOT NULL,
+    ingest_key_id text NOT NULL,
+    log text NOT NULL,
+    leaf_index bigint NOT NULL
 )
 """
 
