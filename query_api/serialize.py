@@ -49,34 +49,29 @@ def summary_out(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def event_out(row: dict[str, Any]) -> dict[str, Any]:
-    """An event whole (query_api.models.Event)."""
+    """An event whole (query_api.models.Event): its summary and everything else."""
+    summary = summary_out(row)
     return {
-        "event_id": row["event_id"],
+        "event_id": summary["event_id"],
         "schema_version": row["schema_version"],
-        "occurred_at": rfc3339_ms(int(row["occurred_at_ms"])),
+        "occurred_at": summary["occurred_at"],
         "received_at": rfc3339_ms(int(row["received_at_ms"])),
-        "infrastructure": row["infrastructure"],
-        "environment": _none_if_empty(row["environment"]),
+        "infrastructure": summary["infrastructure"],
+        "environment": summary["environment"],
         "actor": {
-            "id": row["actor_id"],
-            "name": _none_if_empty(row["actor_name"]),
-            "type": row["actor_type"],
+            **summary["actor"],
             "ip": _none_if_empty(row["actor_ip"]),
             "user_agent": _none_if_empty(row["actor_user_agent"]),
             "session_id": _none_if_empty(row["actor_session_id"]),
         },
-        "action": row["action"],
-        "target": {
-            "kind": row["target_kind"],
-            "id": row["target_id"],
-            "name": _none_if_empty(row["target_name"]),
-        },
+        "action": summary["action"],
+        "target": summary["target"],
         "related": [
             {"kind": k, "id": i, "name": n or None}
             for k, i, n in zip(row["related_kinds"], row["related_ids"], row["related_names"], strict=True)
         ],
-        "outcome": row["outcome"],
-        "reason": _none_if_empty(row["reason"]),
+        "outcome": summary["outcome"],
+        "reason": summary["reason"],
         "changes": orjson.loads(row["changes"]) if row["changes"] else [],
         "details": orjson.loads(row["details"]) if row["details"] else {},
         "source": {
