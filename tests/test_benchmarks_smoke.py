@@ -29,6 +29,7 @@ QUERIES = (
     "entity_deep",
     "free_text",
     "facets",
+    "timeline",
 )
 WITH_PG = os.environ.get("AUDITLOG_BENCH_PG", "") == "1"
 
@@ -87,7 +88,7 @@ def test_harness_smoke_queries_ingest_sizes(tmp_path: Path) -> None:
             _positive(r["postgres"]["p50"], f"{r['query']} postgres p50")
             _positive(r["ratio_p50"], f"{r['query']} ratio")
             assert r["same_rows"], f"{r['query']}/{r['caller']}: chDB and PostgreSQL disagree"
-        if r["query"] != "facets" and r["caller"] == "admin":
+        if r["query"] not in ("facets", "timeline") and r["caller"] == "admin":
             # (The 1,000-grant caller may see no free-text match in a few thousand events.)
             assert r["chdb"]["rows"] > 0, f"{r['query']}/{r['caller']} returned nothing: a useless benchmark"
 

@@ -768,6 +768,11 @@ def test_page_views_are_recorded_as_audit_log_reads(
     admin.go("/ui/?q=" + quote("action:audit_log.read actor:u-dev"))
     assert len(admin.row_ids()) >= 3  # sign-in landing page, the search, the event
     assert set(admin.column(".col-action")) == {"audit_log.read"}
+    # The record of the event's view, found by the event's id in its details (the search page's
+    # live stream is recorded too, and may land after it).
+    fixed = installation.special["fixed"]["event_id"]
+    admin.go("/ui/?q=" + quote(f"action:audit_log.read actor:u-dev {fixed}"))
+    assert len(admin.row_ids()) == 1
     admin.page.locator("table.events .event-link").first.click()
     admin.page.wait_for_url(re.compile(r"/ui/events/"))
     details = admin.page.inner_text("#details-json")
