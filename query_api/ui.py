@@ -50,6 +50,7 @@ from query_api.serialize import event_out, summary_out
 from query_api.sessions import csrf_ok
 from query_api.ui_live import live_stream, wants_live
 from query_api.ui_summary import (
+    FACET_QUALIFIERS,
     HIDE_READS,
     facet_panel,
     reads_shown,
@@ -71,8 +72,6 @@ MAX_LOGIN_BODY = 8 * 1024
 # so that the URL stays well under common proxy limits.
 MAX_TRAIL = 30
 _CURSOR_RE = re.compile(r"^[A-Za-z0-9_-]{1,512}$")
-
-FACET_COLUMNS = ("outcome", "action", "actor_id", "target_kind", "environment")
 
 QUICK_FILTERS: tuple[tuple[str, str], ...] = (
     ("Failures", "outcome:failure"),
@@ -445,7 +444,7 @@ def _summary(
         return _with_params(path, {"q": new_q or None, "limit": limit, "reads": reads})
 
     facets = reader.facets(
-        scope=session.scope, view=log.view, filters=filters, columns=tuple(FACET_COLUMNS), size=5
+        scope=session.scope, view=log.view, filters=filters, columns=tuple(FACET_QUALIFIERS), size=5
     )
     timeline = reader.timeline(scope=session.scope, view=log.view, filters=filters, now_ms=at_ms, buckets=48)
     base_q = without_time(q)
@@ -514,7 +513,9 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
         )
     shown = reads_shown(q, params.get("reads"))
     effective = q if shown else with_term(q, HIDE_READS)
-    kept_reads = "shown" if shown and "audit_log" not in q else None
+    # A search about the reads shows them by itself: no toggle, and nothing to carry in links.
+    about_reads = "audit_log" in q
+    kept_reads = "shown" if shown and not about_reads else None
 
     error: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
@@ -618,11 +619,9 @@ def _log_page(request: Request, session: Session, services: Services, log: LogVi
         "notes": notes,
         "summary": summary,
         "reads_shown": shown,
-        "reads_href": _with_params(
-            path, {"q": q or None, "limit": limit, "reads": None if shown else "shown"}
-        )
-        if "audit_log" not in q
-        else None,
+        "reads_href": None
+        if about_reads
+        else _with_params(path, {"q": q or None, "limit": limit, "reads": None if shown else "shown"}),
         "pickers": _pickers(session, summary),
         # Live updates on the first page only: what is newer than its newest row.
         "live": {"after": newest_ms, "href": newest_href} if error is None and cursor is None else None,
