@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import resource
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -180,6 +181,9 @@ class Server:
             return {"top": summarize_pstats(profiler, limit=int(request.get("limit", 12)))}
         if op == "sizes":
             return chdb_sizes(self.engine)
+        if op == "memory":
+            # Linux reports ru_maxrss in KiB: the most this process (chDB in it) ever held.
+            return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
         if op == "count":
             return {"events": self.store.event_count()}
         raise ValueError(f"unknown op {op!r}")

@@ -90,6 +90,8 @@ SCALES: dict[str, Scale] = {
     "smoke": Scale("smoke", 2_000, 2, 14, 3, 3_000, 2_000, 1, 200, 3.0),
     "1m": Scale("1m", 250_000, 4, 91, 15, 100_000, 200_000, 3, 2_000, 30.0),
     "10m": Scale("10m", 1_000_000, 10, 35, 15, 100_000, 200_000, 3, 2_000, 30.0),
+    # Two years of a large installation (143k events a day); run with --skip-postgres.
+    "100m": Scale("100m", 1_000_000, 100, 7, 15, 100_000, 200_000, 3, 2_000, 30.0),
 }
 
 _DOMAINS = (

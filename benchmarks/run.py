@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import resource
 import shutil
 import sys
 import time
@@ -41,6 +42,12 @@ from benchmarks.queries import FIRST_PAGE, QUERIES, same_facets, spec
 GOAL_STREAM_EVENTS_PER_S = 30_000
 GOAL_LATENCY_P95_MS = 2_000
 GOAL_FIRST_PAGE_P95_MS = 100
+# The goals of the scales that have their own: pages at 10M and 100M, and the viewer's
+# aggregates (facets, timeline) there.
+GOAL_FIRST_PAGE_P95_MS_AT = {"10m": 25, "100m": 50}
+GOAL_FREE_TEXT_P95_MS_AT = {"10m": 50}
+GOAL_AGGREGATE_P95_MS_AT = {"10m": 300, "100m": 2_000}
+AGGREGATE_QUERIES = ("facets", "timeline")
 GOAL_PG_RATIO = 5.0
 RATIO_QUERIES = ("global_first", "global_filtered", "facets", "timeline")
 
@@ -96,6 +103,8 @@ def build_dataset(scale: Scale, data_dir: Path, rebuild: bool) -> tuple[Path, di
     subprocess.run(argv, check=True, cwd=BENCH_DIR.parent)  # noqa: S603
     meta = orjson.loads(meta_path.read_bytes())
     meta["timings"]["total_s"] = round(time.perf_counter() - started, 1)
+    # The largest child waited for so far: the build is the first (Linux: KiB).
+    meta["build_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     meta["source_fingerprint"] = fingerprint
     meta_path.write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
     log(f"dataset: {meta['counts']['events']:,} events in {meta['timings']['total_s']:.0f}s")
@@ -220,9 +229,16 @@ def run_queries(
                 top = ch.call({"op": "profile", "spec": row["spec"], "runs": n, "limit": 12})["top"]
                 profiles[f"{row['query']}/{row['caller']}"] = top
         sizes = ch.call({"op": "sizes"})
+        memory = ch.call({"op": "memory"})
     finally:
         ch.close()
-    return {"runs_per_query": runs, "results": results, "profiles": profiles, "chdb_sizes": sizes}
+    return {
+        "runs_per_query": runs,
+        "results": results,
+        "profiles": profiles,
+        "chdb_sizes": sizes,
+        "chdb_peak_rss_bytes": memory["peak_rss_bytes"],
+    }
 
 
 def clip_plan(plan: str, width: int = 300) -> str:
@@ -296,15 +312,28 @@ def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     rows = report.get("queries", {}).get("results", [])
+    page_goal = GOAL_FIRST_PAGE_P95_MS_AT.get(scale, GOAL_FIRST_PAGE_P95_MS)
     for r in rows:
         if r["query"] in FIRST_PAGE:
             v = r["chdb"]["p95"]
             who = r["caller"] + (", reader only" if _reader_only(r) else "")
+            goal = GOAL_FREE_TEXT_P95_MS_AT.get(scale, page_goal) if r["query"] == "free_text" else page_goal
             out.append(
                 {
-                    "goal": f"{r['query']} ({who}) p95 < {GOAL_FIRST_PAGE_P95_MS} ms at {scale}",
+                    "goal": f"{r['query']} ({who}) p95 <= {goal} ms at {scale}",
                     "measured": round(v, 1),
-                    "met": v < GOAL_FIRST_PAGE_P95_MS,
+                    "met": v <= goal,
+                }
+            )
+    aggregate_goal = GOAL_AGGREGATE_P95_MS_AT.get(scale)
+    for r in rows:
+        if aggregate_goal and r["query"] in AGGREGATE_QUERIES:
+            v = r["chdb"]["p95"]
+            out.append(
+                {
+                    "goal": f"{r['query']} ({r['caller']}) p95 <= {aggregate_goal:,} ms at {scale}",
+                    "measured": round(v, 1),
+                    "met": v <= aggregate_goal,
                 }
             )
     for r in rows:
@@ -434,6 +463,13 @@ def render(report: dict[str, Any]) -> str:
             f"(audit_events {_n(tables['audit_events']['bytes'] / 2**20, 1)} MiB incl. its projection, "
             f"{entity} {_n(tables[entity]['bytes'] / 2**20, 1)} MiB)"
         )
+        peak = q.get("chdb_peak_rss_bytes") if q else None
+        built = report.get("dataset", {}).get("build_peak_rss_bytes")
+        if peak or built:
+            lines.append(
+                f"Peak memory (RSS): queries {_n((peak or 0) / 2**20)} MiB, "
+                f"dataset build {_n((built or 0) / 2**20)} MiB"
+            )
         if "postgres" in sz:
             pg = sz["postgres"]
             ev = pg["tables"]["audit_events"]
