@@ -115,11 +115,14 @@ def cmd_verify_export(args: argparse.Namespace) -> int:
         verifiers = [Verifier.parse(k) for k in args.public_key]
     except NoteError as exc:
         raise TlogError(str(exc)) from None
-    result = verify_export(args.file.read_bytes(), verifiers)
+    result = verify_export(args.file.read_bytes(), verifiers, origin=args.origin)
     print(orjson.dumps(result.to_json()).decode())
     for problem in result.problems:
         print(f"FAILED {problem}", file=sys.stderr)
-    print(f"{'FAILED' if result.problems else 'OK'}: {result.rows} rows verified", file=sys.stderr)
+    print(
+        f"{'FAILED' if result.problems else 'OK'}: {result.verified} of {result.rows} rows verified",
+        file=sys.stderr,
+    )
     return 1 if result.problems else 0
 
 
@@ -187,6 +190,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("verify-export", help="verify an NDJSON export with proofs offline, without the store")
     p.add_argument("file", type=Path)
     p.add_argument("--public-key", action="append", required=True, help="a trusted verifier key (repeatable)")
+    p.add_argument(
+        "--origin",
+        help="the installation's checkpoint origin (AUDITLOG_CHECKPOINT_ORIGIN); default: the key's name",
+    )
     p.set_defaults(func=_wrap(cmd_verify_export))
 
     p = sub.add_parser(

@@ -2,8 +2,12 @@
 
 The file (GET /v1/events/export?format=ndjson&proofs=true) holds checkpoint lines
 `{"checkpoint": {"log", "note"}}`, each before the first row it proves, and event
-lines, each with its `proof`. For every event: the signed checkpoint it names is
-opened with the trusted verifier keys; the proof's `changes` and `details` texts
+lines, each with its `proof`. A checkpoint must be signed by one of the trusted
+verifier keys and be of the origin `<origin>/<log>`, where `<origin>` is the one
+given or else the name of the key that signed it (the installation's
+`AUDITLOG_CHECKPOINT_ORIGIN` names both): a checkpoint of another installation's
+log, signed by a key trusted for both, proves nothing here. For every event: the
+signed checkpoint it names is opened; the proof's `changes` and `details` texts
 parse to the event's own; the leaf is rebuilt from the event as shown
 (`producers.contract.tlog.leaf.values_from_event`) and the audit path must lead
 from it to the signed root. Anything else is a problem, named by line and event.
@@ -18,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from producers.contract.tlog.checkpoint import open_checkpoint
+from producers.contract.tlog.checkpoint import open_signed_checkpoint
 from producers.contract.tlog.leaf import event_leaf_hash, values_from_event
 from producers.contract.tlog.merkle import verify_inclusion
 from producers.contract.tlog.note import NoteError, Verifier
@@ -74,7 +78,7 @@ def _row_problem(event: dict[str, Any], roots: dict[tuple[str, int], bytes]) -> 
     return None
 
 
-def verify_export(data: bytes, verifiers: list[Verifier]) -> ExportCheck:
+def verify_export(data: bytes, verifiers: list[Verifier], *, origin: str | None = None) -> ExportCheck:
     check = ExportCheck()
     roots: dict[tuple[str, int], bytes] = {}
     for number, line in enumerate(data.splitlines(), start=1):
@@ -88,12 +92,15 @@ def verify_export(data: bytes, verifiers: list[Verifier]) -> ExportCheck:
         if "checkpoint" in item:
             try:
                 log, note = item["checkpoint"]["log"], item["checkpoint"]["note"]
-                cp = open_checkpoint(note, verifiers)
+                cp, signer = open_signed_checkpoint(note, verifiers)
             except (NoteError, KeyError, TypeError) as exc:
                 check.problems.append(f"line {number}: a checkpoint that does not verify: {exc}")
                 continue
-            if not cp.origin.endswith("/" + log):
-                check.problems.append(f"line {number}: a checkpoint of origin {cp.origin}, not of log {log}")
+            expected = f"{origin or signer.name}/{log}"
+            if cp.origin != expected:
+                check.problems.append(
+                    f"line {number}: a checkpoint of origin {cp.origin!r}, expected {expected!r}"
+                )
                 continue
             roots[(log, cp.size)] = cp.root
             check.checkpoints += 1

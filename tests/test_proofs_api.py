@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from auditlog.embedded import build_embedded
 from auditlog.verify_export import verify_export
 from producers.contract.directory import Directory
-from producers.contract.tlog.checkpoint import open_checkpoint
+from producers.contract.tlog.checkpoint import Checkpoint, open_checkpoint
 from producers.contract.tlog.leaf import event_leaf_hash, values_from_event
 from producers.contract.tlog.merkle import verify_consistency, verify_inclusion
 from producers.contract.tlog.note import Signer
@@ -180,3 +180,30 @@ def test_an_export_with_proofs_verifies_offline_and_names_an_altered_row(
     assert main(["verify-export", str(path), "--public-key", str(signer.verifier)]) == 1
     csv = client.get("/v1/events/export", params={"format": "csv", "proofs": "true"}, headers=auth["dev"])
     assert csv.status_code == 400 and "ndjson" in csv.json()["detail"]
+
+
+def test_an_export_verifies_only_against_its_own_origin(store: Store) -> None:
+    client, auth, checkpointer, signer = _setup(store)
+    client.post("/v1/events", json=[_event(i) for i in range(5)], headers=auth["dev"])
+    checkpointer.run()
+    r = client.get("/v1/events/export", params={"format": "ndjson", "proofs": "true"}, headers=auth["dev"])
+    lines = r.content.splitlines()
+    at = next(i for i, line in enumerate(lines) if b'"checkpoint"' in line)
+    item = orjson.loads(lines[at])
+    cp = open_checkpoint(item["checkpoint"]["note"], [signer.verifier])
+    assert cp.origin == f"{signer.verifier.name}/local"
+    assert verify_export(r.content, [signer.verifier], origin=signer.verifier.name).problems == []
+
+    # The same tree, signed by the trusted key but as another installation's log.
+    foreign = Checkpoint(f"elsewhere/{item['checkpoint']['log']}", cp.size, cp.root, cp.time_ms)
+    item["checkpoint"]["note"] = signer.sign(foreign.text())
+    lines[at] = orjson.dumps(item)
+    check = verify_export(b"\n".join(lines), [signer.verifier])
+    assert check.verified == 0 and "expected 'auditlog/local'" in check.problems[0]
+    # A key trusted under the other name proves its own origin, unless the origin is pinned.
+    elsewhere = Signer.from_pem("elsewhere", signer.private_pem())
+    item["checkpoint"]["note"] = elsewhere.sign(foreign.text())
+    lines[at] = orjson.dumps(item)
+    assert verify_export(b"\n".join(lines), [elsewhere.verifier]).problems == []
+    pinned = verify_export(b"\n".join(lines), [elsewhere.verifier], origin="auditlog")
+    assert pinned.verified == 0 and "expected 'auditlog/local'" in pinned.problems[0]

@@ -55,7 +55,7 @@ def _characters_only(value: Any) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise StrictJSONError(
-                f"a lone surrogate escape in \"{value[:40].encode('utf-8', 'backslashreplace').decode()}\" "
+                f'a lone surrogate escape in "{value[:40].encode("utf-8", "backslashreplace").decode()}" '
                 "is not a character"
             ) from None
     elif isinstance(value, dict):

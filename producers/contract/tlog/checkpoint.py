@@ -79,10 +79,15 @@ def note_hash(note: str) -> bytes:
 
 def open_checkpoint(note: str, verifiers: list[Verifier]) -> Checkpoint:
     """The checkpoint of a note signed by one of `verifiers`; NoteError naming why not."""
+    return open_signed_checkpoint(note, verifiers)[0]
+
+
+def open_signed_checkpoint(note: str, verifiers: list[Verifier]) -> tuple[Checkpoint, Verifier]:
+    """The checkpoint of a note and the one of `verifiers` whose signature it carries."""
     errors = []
     for verifier in verifiers:
         try:
-            return Checkpoint.parse(verifier.verify(note))
+            return Checkpoint.parse(verifier.verify(note)), verifier
         except NoteError as exc:
             errors.append(str(exc))
     raise NoteError("; ".join(errors) or "no verifier key given")
