@@ -49,6 +49,7 @@ from query_api.search import QUALIFIERS, SearchSyntaxError, Term, Text, compile_
 from query_api.serialize import event_out, summary_out
 from query_api.sessions import csrf_ok
 from query_api.ui_live import live_stream, wants_live
+from query_api.ui_proof import proof_panel
 from query_api.ui_summary import (
     FACET_QUALIFIERS,
     HIDE_READS,
@@ -786,14 +787,19 @@ def event_detail(event_id: str, request: Request, session: CurrentSession, servi
         canonical = str(UUID(event_id))
     except ValueError:
         return _problem(request, session, 404, "Event not found", not_found)
+    base = session.base
     with services.read_slots.hold(session.caller.key_id):
-        row = services.store.reader.get(scope=session.scope, event_id=canonical)
+        row = services.store.reader.get(scope=session.scope, event_id=canonical, provable=True)
+        event = event_out(row) if row is not None else None
+        proof = (
+            proof_panel(services.store.tree, row, event, f"{base}/v1/events/{canonical}/proof")
+            if row is not None and event is not None
+            else None
+        )
     _audit(request, session, services, {"view": "event", "event_id": canonical, "found": row is not None})
-    if row is None:
+    if event is None:
         # Missing and hidden look the same, as in the API: existence is not disclosed.
         return _problem(request, session, 404, "Event not found", not_found)
-    event = event_out(row)
-    base = session.base
     related = [
         {
             "kind": r["kind"],
@@ -826,6 +832,7 @@ def event_detail(event_id: str, request: Request, session: CurrentSession, servi
         }
     context = {
         "team": team,
+        "proof": proof,
         "title": f"{event['action']} · event",
         "event": event,
         "row": _row(event, session),
