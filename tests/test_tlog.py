@@ -28,6 +28,7 @@ from producers.contract.tlog.note import NoteError, Signer, Verifier
 from storage.engine import Engine
 from storage.leaf_sql import leaf_hash_sql
 from storage.store import Store
+from storage.tree import TreeStore
 from stream.batch_ingest import BatchIngestor, IngestReport
 from stream.checkpointer import Checkpointer
 
@@ -555,3 +556,15 @@ def test_proof_nodes_hashed_from_their_leaves_are_the_stored_ones(store: Store, 
     # A low node whose leaves are not all there is not made up.
     _sql(store, "ALTER TABLE {db}.merkle_nodes DELETE WHERE level = 0 AND idx = 5")
     assert (2, 1) not in store.tree.proof_nodes("local", [(2, 1), (2, 0)])
+
+
+def test_proof_nodes_of_a_tree_past_one_block_match_the_stored_ones(store: Store, signer: Signer) -> None:
+    _signed_store(store, signer, n=700)
+    coords = [(level, idx) for level in range(10) for idx in range(700 >> level)]
+    stored = store.tree.nodes("local", coords)
+    assert len(stored) == len(coords)
+    cold = TreeStore(store.engine, database=store.database)
+    assert cold.proof_nodes("local", coords) == stored  # the high levels read, then kept
+    for index in (0, 255, 256, 511, 699):
+        path = [c for r in merkle.inclusion_ranges(index, 700) for c in merkle.coords_for([r])]
+        assert cold.proof_nodes("local", path) == {c: stored[c] for c in path if c in stored}
