@@ -4,6 +4,9 @@ python -m benchmarks.tlog store  --store DIR [--proofs 200]
     on a store built by `python -m benchmarks.dataset build --scale 10m`: the first
     checkpoint of every log (the whole tree, from nothing), `auditlog verify` of every
     row and leaf, and inclusion proofs of random events (the API's own code);
+python -m benchmarks.tlog proofs --store DIR --compare REF [--proofs 300] [--runs 3]
+    the proofs of `store --proofs-only` (checkpoints already made), by this tree and by
+    REF alternately on the same store: a proof's cost as measured side by side;
 python -m benchmarks.tlog ingest --compare REF [--events 100000] [--runs 3]
     embedded ingest (`benchmarks.ingest embedded`, fresh stores) of this tree and of REF,
     alternately: the tree's cost on the ingest path, as a ratio measured side by side.
@@ -136,6 +139,20 @@ def ingest_compare(ref: str, events: int, runs: int) -> None:
     )
 
 
+def proofs_compare(path: Path, ref: str, proofs: int, runs: int) -> None:
+    other = worktree(ref)
+    trees = [("this tree", REPO), (ref, other)]
+    for run in range(1, runs + 1):
+        for name, repo in trees if run % 2 else trees[::-1]:
+            out = subprocess.run(  # noqa: S603 - our own benchmark module, arguments built here
+                [sys.executable, "-m", "benchmarks.tlog", "store", "--store", str(path),
+                 "--proofs", str(proofs), "--proofs-only"],
+                cwd=repo, capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            own = next(line for line in out.splitlines() if line.startswith("the proof itself"))
+            print(f"run {run} {name}: {own}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -145,6 +162,11 @@ def main() -> None:
     s.add_argument("--store", type=Path, required=True)
     s.add_argument("--proofs", type=int, default=200)
     s.add_argument("--proofs-only", action="store_true", help="only the proofs (checkpoints already made)")
+    c = sub.add_parser("proofs")
+    c.add_argument("--store", type=Path, required=True)
+    c.add_argument("--compare", required=True, metavar="REF")
+    c.add_argument("--proofs", type=int, default=300)
+    c.add_argument("--runs", type=int, default=3)
     i = sub.add_parser("ingest")
     i.add_argument("--compare", required=True, metavar="REF")
     i.add_argument("--events", type=int, default=100_000)
@@ -152,6 +174,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "store":
         store_figures(args.store, args.proofs, proofs_only=args.proofs_only)
+    elif args.command == "proofs":
+        proofs_compare(args.store, args.compare, args.proofs, args.runs)
     else:
         ingest_compare(args.compare, args.events, args.runs)
 
