@@ -30,11 +30,13 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, expec
 
 from auditlog.embedded import build_embedded
 from producers.contract.directory import Directory
+from producers.contract.tlog.note import Signer
 from query_api.deps import Services
 from query_api.settings import ApiSettings
 from query_api.ui import SESSION_COOKIE
 from storage.retention import LegalHold, Policy, Rule
 from storage.store import Store
+from stream.checkpointer import Checkpointer
 from tests.grants import make_key
 
 pytest_plugins = ["tests.ui.plugin"]
@@ -268,6 +270,8 @@ def installation(store: Store) -> Iterator[Installation]:
     events += list(special.values())
     report = embedded.services.ingestor.ingest(events, received_at_ms=int(time.time() * 1000))
     assert (report.stored, report.rejected) == (len(events), []), report.rejected[:3]
+    # Signed, as `auditlog demo` signs what it seeds: the event page shows each row's proof.
+    Checkpointer(store.tree, Signer.generate("auditlog"), origin="auditlog", anchor_dir=None).run()
     admin_key = make_key(store, "u-admin", label="ui test")
     dev_key = make_key(store, "u-dev", label="ui test")
     with _BackgroundServer(embedded.app) as server:
@@ -639,6 +643,10 @@ def test_event_detail_shows_all_fields_and_the_changes_as_a_diff(
     for text in ("Andrea Fleet", "Billing", "10.0.0.7", "sess-42", "req-fixed", "corr-fixed", "lifetime"):
         assert text in body
     s.shot("event")
+    proof = page.locator("#proof")
+    assert proof.get_attribute("data-state") == "proven"
+    assert "matches its signed leaf" in proof.inner_text().lower()
+    assert page.get_attribute("#proof-link", "href") == f"/v1/events/{fixed['event_id']}/proof"
 
     assert s.go("/ui/events/" + str(uuid.uuid4())) == 404
     assert page.inner_text("#problem-title") == "Event not found"
