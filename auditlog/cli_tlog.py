@@ -98,6 +98,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(orjson.dumps(report.to_json()).decode())
         for f in report.findings:
             print(f"{f.kind.upper():10} {f.log}: {f.detail}", file=sys.stderr)
+        if report.forks:
+            print(
+                f"{'NOTE':10} {report.log}: {report.forks} checkpoints share their predecessor with "
+                "another (two signers at once); both branches verify against the leaves",
+                file=sys.stderr,
+            )
     bad = sum(len(r.findings) for r in reports)
     leaves = sum(r.leaves for r in reports)
     print(

@@ -4,7 +4,8 @@ For each log:
 
 1. its checkpoints, from the store and from the anchor directory (files outside the
    store), each verified against the trusted verifier keys; a checkpoint missing from
-   the store, badly signed, or not chained to the one before it is a finding;
+   the store, badly signed, or chained to one that is gone is a finding (two chained
+   to one, a fork of two signers, is counted, not a finding);
 2. its leaves, read in index order: a missing or doubled position is a finding; the
    tree they make is compared with the root of every checkpoint. The first root that
    differs is localized through the perfect subtrees stored when it was signed;
@@ -26,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 
 from producers.contract.tlog.checkpoint import Checkpoint, note_hash, open_checkpoint
@@ -59,6 +59,8 @@ class LogReport:
     checkpoints: int = 0
     newest_checkpoint: int | None = None
     expired: int = 0
+    forks: int = 0
+    """Checkpoints that share their predecessor with another: two signers at once, not tampering."""
     findings: list[Finding] = field(default_factory=list)
     doubled: set[int] = field(default_factory=set)
 
@@ -70,6 +72,7 @@ class LogReport:
             "checkpoints": self.checkpoints,
             "newest_checkpoint_size": self.newest_checkpoint,
             "expired": self.expired,
+            "forks": self.forks,
             "ok": not self.findings,
             "findings": [f.to_json() for f in self.findings],
         }
@@ -137,30 +140,40 @@ def _checkpoints(
                 )
             )
         valid.append(_Signed(cp, note, in_store, in_anchor))
-    # Sizes only grow along a log's chain; times order two of one size (signers' clocks may differ).
+    # A checkpoint names its predecessor (`prev`); a signer extends the newest it sees, so the
+    # predecessor has no more leaves. Two checkpoints naming one predecessor are a fork: two
+    # signers of one log at once (during a rebalance on a shared server, or `auditlog
+    # checkpoint` beside a worker). A fork is no tampering (every root is checked against the
+    # leaves below, so both branches are prefixes of one tree); a predecessor that is neither
+    # in the store nor in the anchor directory is: a checkpoint removed or replaced.
     valid.sort(key=lambda s: (s.checkpoint.size, s.checkpoint.time_ms))
-    for before, after in pairwise(valid):
-        if after.checkpoint.size < before.checkpoint.size:
+    by_hash = {note_hash(s.note): s for s in valid}
+    successors: dict[bytes | None, int] = {}
+    for signed in valid:
+        cp = signed.checkpoint
+        successors[cp.prev] = successors.get(cp.prev, 0) + 1
+        if cp.prev is None:
+            continue
+        parent = by_hash.get(cp.prev)
+        if parent is None:
             report.findings.append(
                 Finding(
                     "checkpoint",
                     report.log,
-                    f"the checkpoint of {_when(after.checkpoint)} has {after.checkpoint.size} leaves, "
-                    "fewer than "
-                    f"the {before.checkpoint.size} of the one before it",
+                    f"the checkpoint of size {cp.size} ({_when(cp)}) chains to a checkpoint that is "
+                    "neither in the store nor in the anchor directory: one was removed or replaced",
                 )
             )
-        if after.checkpoint.prev != note_hash(before.note):
+        elif parent.checkpoint.size > cp.size:
             report.findings.append(
                 Finding(
                     "checkpoint",
                     report.log,
-                    f"the checkpoint of size {after.checkpoint.size} ({_when(after.checkpoint)}) "
-                    "does not chain "
-                    f"to the one before it (size {before.checkpoint.size}): a checkpoint between them is "
-                    "missing or was replaced",
+                    f"the checkpoint of size {cp.size} ({_when(cp)}) chains to one of more leaves "
+                    f"({parent.checkpoint.size})",
                 )
             )
+    report.forks = sum(n - 1 for n in successors.values() if n > 1)
     report.checkpoints = len(valid)
     return valid
 

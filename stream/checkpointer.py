@@ -11,7 +11,12 @@ and to whatever `publish` sends it to (the worker: `audit.checkpoints.v1`).
 Nodes are stored before the checkpoint that covers them: a crash in between leaves
 nodes the next run computes again, identically. Runs of one log are serialized
 per process; a log is checkpointed by the process that writes it (its partition's
-owner, or the embedded store's process).
+owner, or the embedded store's process). Two processes can still sign one log at
+once (a partition's old and new owner during a rebalance on a shared server): both
+extend the newest checkpoint they read, and the chain forks. Nothing arbitrates
+that, because nothing needs to: both roots are of one tree's prefixes, `auditlog
+verify` checks each against the leaves and counts the fork, and the next
+checkpoint extends the larger branch (tests/test_tlog.py makes one in process).
 """
 
 from __future__ import annotations

@@ -568,3 +568,37 @@ def test_proof_nodes_of_a_tree_past_one_block_match_the_stored_ones(store: Store
     for index in (0, 255, 256, 511, 699):
         path = [c for r in merkle.inclusion_ranges(index, 700) for c in merkle.coords_for([r])]
         assert cold.proof_nodes("local", path) == {c: stored[c] for c in path if c in stored}
+
+
+class _StaleTree(TreeStore):
+    """A second signer that read the log's newest checkpoint before the first one signed."""
+
+    def __init__(self, store: Store, stale: Any) -> None:
+        super().__init__(store.engine, database=store.database)
+        self._stale = stale
+
+    def latest_checkpoint(self, log: str, *, max_age_s: float = 0.0) -> Any:
+        return self._stale
+
+
+def test_two_signers_at_once_fork_the_chain_and_a_removed_link_is_found(store: Store, signer: Signer) -> None:
+    _signed_store(store, signer, n=10)
+    first = store.tree.latest_checkpoint("local")
+    assert first is not None
+    _ingest(store, _events(5, start=10))
+    [a] = _checkpointer(store, signer).run()
+    _ingest(store, _events(5, start=15))
+    # The other signer (a partition's next owner, mid-rebalance) extends the first checkpoint too.
+    [b] = Checkpointer(_StaleTree(store, first), signer, origin="auditlog", anchor_dir=None).run()
+    assert (a.checkpoint.prev, b.checkpoint.prev) == (note_hash(first.note), note_hash(first.note))
+    assert (a.checkpoint.size, b.checkpoint.size) == (15, 20)
+    [c] = _checkpointer(store, signer).run(force=True)
+    assert c.checkpoint.prev == note_hash(b.note)
+    report = _verify(store, signer)
+    assert report.findings == [] and report.forks == 1 and report.checkpoints == 4
+
+    # A link of the chain removed from the store (no anchor kept): its successor tells.
+    _sql(store, "ALTER TABLE {db}.checkpoints DELETE WHERE tree_size = 10")
+    details = [f.detail for f in _verify(store, signer).findings]
+    assert any("size 15" in d and "neither in the store nor in the anchor" in d for d in details), details
+    assert any("size 20" in d and "neither in the store nor in the anchor" in d for d in details), details
