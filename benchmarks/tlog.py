@@ -140,6 +140,7 @@ def ingest_compare(ref: str, events: int, runs: int) -> None:
 
 
 def proofs_compare(path: Path, ref: str, proofs: int, runs: int) -> None:
+    path = path.resolve()  # each tree runs from its own folder
     other = worktree(ref)
     trees = [("this tree", REPO), (ref, other)]
     for run in range(1, runs + 1):
