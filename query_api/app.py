@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any
 
@@ -122,8 +123,20 @@ def create_app(services: Services) -> FastAPI:
             return Response(orjson.dumps(body), status_code=503, media_type="application/json")
         return Response(orjson.dumps({"status": "ok"}), media_type="application/json")
 
+    token = services.settings.metrics_token.get_secret_value() if services.settings.metrics_token else None
+    expected = f"Bearer {token}".encode() if token else None
+
     @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
+    def prometheus(request: Request) -> Response:
+        # The counts tell how busy the installation is: behind a token when one is set.
+        given = (request.headers.get("authorization") or "").encode()
+        if expected is not None and not hmac.compare_digest(given, expected):
+            return Response(
+                orjson.dumps({"detail": "a bearer token is required (AUDITLOG_API_METRICS_TOKEN)"}),
+                status_code=401,
+                media_type="application/json",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,6 +13,9 @@ class ApiSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    metrics_token: SecretStr | None = Field(
+        default=None, description="when set, /metrics answers only `Authorization: Bearer <token>`"
+    )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="largest accepted POST body")
     max_batch_events: int = Field(default=50_000, ge=1)
     default_page_size: int = Field(default=50, ge=1, le=1000)

@@ -161,6 +161,7 @@ class WorkerRuntime:
                 port=settings.ops_port,
                 alive=self.liveness,
                 ready=self.readiness,
+                token=settings.metrics_token.get_secret_value() if settings.metrics_token else None,
             )
             self.ops.start()
 

@@ -8,6 +8,7 @@ has no web framework, and faust's own web server is off.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -148,15 +149,23 @@ class OpsServer:
         port: int,
         alive: Callable[[], str | None],
         ready: Callable[[], str | None],
+        token: str | None = None,
     ) -> None:
-        """`alive()` / `ready()`: None when all is well, else why not (the answer's body)."""
+        """`alive()` / `ready()`: None when all is well, else why not (the answer's body).
+        `token`: when given, `/metrics` asks for it as a bearer token (the counts tell how busy
+        the installation is); the probes stay open, they tell nothing but up or down."""
         registry = metrics.registry
+        expected = f"Bearer {token}".encode() if token else None
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                    given = (self.headers.get("Authorization") or "").encode()
+                    if expected is not None and not hmac.compare_digest(given, expected):
+                        self._answer(401, b"a bearer token is required\n", "text/plain; charset=utf-8")
+                    else:
+                        self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif path in ("/healthz", "/readyz"):
                     problem = (alive if path == "/healthz" else ready)()
                     body = (problem or "ok").encode() + b"\n"

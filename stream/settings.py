@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producers.kafka_config import KafkaConnection
@@ -83,6 +83,9 @@ class WorkerSettings(BaseSettings):
     ops: bool = Field(default=True, description="serve /metrics, /healthz and /readyz")
     ops_host: str = Field(default="127.0.0.1", description="where they listen (0.0.0.0 in a pod)")
     ops_port: int = Field(default=9400, ge=0, le=65535, description="their port (0: any free one)")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="when set, /metrics answers only `Authorization: Bearer <token>`"
+    )
     stats_path: Path | None = Field(
         default=None, description="write the counters here (JSON) after each batch"
     )

@@ -91,3 +91,28 @@ def test_lag_of_a_partition_taken_away_is_dropped() -> None:
     got = samples(generate_latest(metrics.registry).decode())
     assert got["auditlog_worker_consumer_lag", (("partition", "0"), ("topic", "raw"))] == 2
     assert ("auditlog_worker_consumer_lag", (("partition", "1"), ("topic", "raw"))) not in got
+
+
+def test_metrics_behind_a_token_when_one_is_set(store: Store) -> None:
+    settings = ApiSettings(metrics_token="scrape-me")
+    client = TestClient(build_embedded(store, api_settings=settings, directory=None).app)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-me"}):
+        r = client.get("/metrics", headers=headers)
+        assert r.status_code == 401 and "scrape-me" not in r.text
+    ok = client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+    assert ok.status_code == 200 and "auditlog_api_requests_total" in ok.text
+    assert client.get("/healthz").status_code == 200  # probes carry no token
+
+    ops = OpsServer(
+        WorkerMetrics(), host="127.0.0.1", port=0, alive=lambda: None, ready=lambda: None, token="w-t"
+    )
+    ops.start()
+    try:
+        base = f"http://127.0.0.1:{ops.port}"
+        assert httpx.get(f"{base}/metrics").status_code == 401
+        assert httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+        r = httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer w-t"})
+        assert r.status_code == 200 and "auditlog_worker_events_in_total" in r.text
+        assert httpx.get(f"{base}/readyz").status_code == 200
+    finally:
+        ops.stop()
