@@ -3,9 +3,11 @@ still hashes to the leaf that the newest signed checkpoint covers.
 
 The page checks the row as stored now against the signed root, with the same
 algorithm as `auditlog verify-export` (docs/tamper-evidence.md), so an altered row
-says so where it is read. That check runs on the server being checked; the evidence
-an auditor keeps is the proof itself (linked, JSON), verified offline against the
-published key.
+says so where it is read. That check runs on the server being checked, against the
+checkpoint the store holds, and does not open its signature (the API need not hold the
+verifier keys, and a store one can write could hold a forged key beside a forged
+note); the evidence an auditor keeps is the proof itself (linked, JSON), verified
+offline against the published key.
 """
 
 from __future__ import annotations
