@@ -645,7 +645,7 @@ def test_event_detail_shows_all_fields_and_the_changes_as_a_diff(
     s.shot("event")
     proof = page.locator("#proof")
     assert proof.get_attribute("data-state") == "proven"
-    assert "matches its signed leaf" in proof.inner_text().lower()
+    assert "matches its signed leaf" in proof.inner_text()
     assert page.get_attribute("#proof-link", "href") == f"/v1/events/{fixed['event_id']}/proof"
 
     assert s.go("/ui/events/" + str(uuid.uuid4())) == 404
