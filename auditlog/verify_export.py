@@ -15,7 +15,6 @@ from it to the signed root. Anything else is a problem, named by line and event.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +22,7 @@ from typing import Any
 import orjson
 
 from producers.contract.tlog.checkpoint import open_signed_checkpoint
-from producers.contract.tlog.leaf import event_leaf_hash, values_from_event
-from producers.contract.tlog.merkle import verify_inclusion
+from producers.contract.tlog.leaf import proof_holds
 from producers.contract.tlog.note import NoteError, Verifier
 
 
@@ -66,14 +64,7 @@ def _row_problem(event: dict[str, Any], roots: dict[tuple[str, int], bytes]) -> 
         or orjson.loads(proof["details"]) != event["details"]
     ):
         return "its changes or details differ from the texts its leaf hashes"
-    leaf = event_leaf_hash(
-        log,
-        index,
-        values_from_event(event, changes=proof["changes"], details=proof["details"]),
-        sealed=proof["sealed"],
-    )
-    path = [base64.b64decode(h, validate=True) for h in proof["audit_path"]]
-    if not verify_inclusion(index, size, leaf, path, root):
+    if not proof_holds(event, proof, root):
         return f"it does not hash to leaf {index} of the signed tree of {size} leaves: altered"
     return None
 

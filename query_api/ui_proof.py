@@ -12,13 +12,11 @@ offline against the published key.
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime
 from typing import Any
 
 from producers.contract.tlog.checkpoint import Checkpoint
-from producers.contract.tlog.leaf import event_leaf_hash, values_from_event
-from producers.contract.tlog.merkle import verify_inclusion
+from producers.contract.tlog.leaf import proof_holds
 from producers.contract.tlog.note import split_note
 from query_api.inclusion import inclusion
 from storage.tree import TreeStore
@@ -36,23 +34,15 @@ def proof_panel(tree: TreeStore, row: dict[str, Any], event: dict[str, Any], hre
         return panel
     text, signatures = split_note(proof["checkpoint"])
     checkpoint = Checkpoint.parse(text)
-    leaf = event_leaf_hash(
-        log,
-        index,
-        values_from_event(event, changes=proof["changes"], details=proof["details"]),
-        sealed=proof["sealed"],
-    )
-    path = [base64.b64decode(h) for h in proof["audit_path"]]
     signed = datetime.fromtimestamp(checkpoint.time_ms / 1000, tz=UTC)
+    holds = checkpoint.size == proof["tree_size"] and proof_holds(event, proof, checkpoint.root)
     panel.update(
-        state="proven"
-        if verify_inclusion(index, checkpoint.size, leaf, path, checkpoint.root)
-        else "altered",
+        state="proven" if holds else "altered",
         tree_size=checkpoint.size,
         origin=checkpoint.origin,
         signed_at=signed.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         signed_utc=signed.strftime("%Y-%m-%d %H:%M:%S UTC"),
         signers=[f"{name} ({blob[:4].hex()})" for name, blob in signatures],
-        path_length=len(path),
+        path_length=len(proof["audit_path"]),
     )
     return panel

@@ -25,12 +25,13 @@ SQL (`storage.leaf_sql`), so a check of every row needs no Python per row.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from producers.contract.tlog.merkle import leaf_hash
+from producers.contract.tlog.merkle import leaf_hash, verify_inclusion
 
 VERSION: Final = "auditlog/leaf/v1"
 
@@ -165,3 +166,14 @@ def values_from_event(event: Mapping[str, Any], *, changes: str, details: str) -
         "ingest_source": provenance["ingest_source"],
         "ingest_key_id": provenance["ingest_key_id"] or "",
     }
+
+
+def proof_holds(event: Mapping[str, Any], proof: Mapping[str, Any], root: bytes) -> bool:
+    """Whether an inclusion proof (`GET /v1/events/{id}/proof`, an export's `proof`) leads
+    from `event`, as the API shows it, to `root`: the leaf rebuilt from the event and the
+    texts the proof carries, then its audit path (base64, nearest the leaf first)."""
+    index, size = int(proof["index"]), int(proof["tree_size"])
+    values = values_from_event(event, changes=proof["changes"], details=proof["details"])
+    leaf = event_leaf_hash(proof["log"], index, values, sealed=proof["sealed"])
+    path = [base64.b64decode(h, validate=True) for h in proof["audit_path"]]
+    return verify_inclusion(index, size, leaf, path, root)
