@@ -788,14 +788,12 @@ def event_detail(event_id: str, request: Request, session: CurrentSession, servi
     except ValueError:
         return _problem(request, session, 404, "Event not found", not_found)
     base = session.base
+    event = proof = None
     with services.read_slots.hold(session.caller.key_id):
         row = services.store.reader.get(scope=session.scope, event_id=canonical, provable=True)
-        event = event_out(row) if row is not None else None
-        proof = (
-            proof_panel(services.store.tree, row, event, f"{base}/v1/events/{canonical}/proof")
-            if row is not None and event is not None
-            else None
-        )
+        if row is not None:
+            event = event_out(row)
+            proof = proof_panel(services.store.tree, row, event, f"{base}/v1/events/{canonical}/proof")
     _audit(request, session, services, {"view": "event", "event_id": canonical, "found": row is not None})
     if event is None:
         # Missing and hidden look the same, as in the API: existence is not disclosed.
