@@ -174,6 +174,7 @@ class WorkerRuntime:
 
         def step(commit: Step) -> Step:
             self.checkpoints = CheckpointStep(checkpointer, commit, interval_s=cp.interval_s)
+            self.checkpoints.start()
             return self.checkpoints
 
         return step
@@ -293,6 +294,8 @@ class WorkerRuntime:
         if self.ops is not None:
             self.ops.stop()
         self.directory.stop()
+        if self.checkpoints is not None:
+            self.checkpoints.stop()
         with contextlib.suppress(Exception):
             self.producer.flush(self.settings.flush_timeout_s)
 
@@ -357,12 +360,6 @@ def build_app(runtime: WorkerRuntime) -> Any:
 
     app.timer(5.0)(beat)
 
-    async def sign() -> None:
-        # The checkpoint step runs after each batch; this signs the tail of a quiet spell.
-        if runtime.checkpoints is not None:
-            await asyncio.to_thread(runtime.checkpoints.tick)
-
-    app.timer(min(5.0, s.checkpoints.interval_s))(sign)
     runtime.app = app
     return app
 

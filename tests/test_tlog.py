@@ -12,6 +12,8 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -427,13 +429,15 @@ def test_the_checkpoint_step_signs_the_logs_of_its_partitions_once_a_minute(
     now = [0.0]
     step = CheckpointStep(_checkpointer(store, signer), Done(), interval_s=60, clock=lambda: now[0])
     step.submit(Batch(rows=_from_partition(store, _events(6), 0)))
+    step.tick()
     assert store.tree.checkpoints("audit.raw/0") == []  # not due yet
     now[0] = 61.0
-    step.tick()  # the edge's timer: a quiet spell's tail is signed too
+    step.tick()
     [cp] = store.tree.checkpoints("audit.raw/0")
     assert cp.size == 6
     now[0] = 62.0
     step.submit(Batch(rows=_from_partition(store, _events(3, start=6), 0)))
+    step.tick()
     assert len(store.tree.checkpoints("audit.raw/0")) == 1  # a minute has not passed since
     # A duplicate of an event stored from partition 0, read again from partition 1: this worker
     # signs partition 1's log, never the stored copy's.
@@ -441,8 +445,45 @@ def test_the_checkpoint_step_signs_the_logs_of_its_partitions_once_a_minute(
     assert again[0]["log"] == "audit.raw/0"
     now[0] = 130.0
     step.submit(Batch(rows=_from_partition(store, _events(3, start=9), 0) + again))
+    step.tick()
     assert [c.size for c in store.tree.checkpoints("audit.raw/0")] == [6, 12]
     assert store.tree.checkpoints("audit.raw/1") == []  # partition 1 wrote no leaf: nothing to sign
+
+
+def test_the_checkpoint_step_signs_in_its_own_thread_and_signs_the_tail_when_stopped(
+    store: Store, signer: Signer
+) -> None:
+    from stream.messages import Batch
+    from stream.steps.checkpoint import CheckpointStep
+
+    class Recording:
+        def __init__(self) -> None:
+            self.threads: list[str] = []
+
+        def submit(self, batch: Batch) -> None:
+            self.threads.append(threading.current_thread().name)
+
+    signed_in: list[str] = []
+    checkpointer = Checkpointer(
+        store.tree,
+        signer,
+        origin="auditlog",
+        anchor_dir=None,
+        publish=lambda made: signed_in.append(threading.current_thread().name),
+    )
+    after = Recording()
+    step = CheckpointStep(checkpointer, after, interval_s=0.2)
+    step.start()
+    step.submit(Batch(rows=_from_partition(store, _events(5), 0)))
+    assert after.threads == [threading.current_thread().name]  # passed on at once
+    deadline = time.monotonic() + 30
+    while not store.tree.checkpoints("audit.raw/0") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [c.size for c in store.tree.checkpoints("audit.raw/0")] == [5]
+    assert signed_in == ["auditlog-checkpoints"]
+    step.submit(Batch(rows=_from_partition(store, _events(2, start=5), 0)))
+    step.stop()  # due or not, what is pending is signed before the worker stops
+    assert [c.size for c in store.tree.checkpoints("audit.raw/0")] == [5, 7]
 
 
 def test_a_replay_into_an_empty_store_gives_the_same_tree(chdb_engine: Engine, signer: Signer) -> None:
