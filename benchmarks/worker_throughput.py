@@ -162,6 +162,11 @@ class Worker:
         self._log.flush()
         return b"Setting newly assigned partitions" in self.log_path.read_bytes()
 
+    def cpu_s(self) -> float:
+        """CPU seconds of the worker process so far, every thread (chDB's and librdkafka's too)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
@@ -195,13 +200,17 @@ def one_run(bootstrap: str, n: int, batch_size: int, partitions: int, repo: Path
     try:
         worker.wait(worker.joined, "the worker to join its group")
         events = make_events(n, prefix)
+        cpu = worker.cpu_s()
         started = time.perf_counter()
         publish_s = publish(bootstrap, f"{prefix}.raw", events, workdir / "spool-e2e")
         worker.wait(lambda: int(worker.stats().get("events_in", 0)) >= n, f"{n} events stored")
         elapsed = time.perf_counter() - started
+        cpu = worker.cpu_s() - cpu
         stats = worker.stats()
         assert stats["rows_stored"] == n and stats["balanced"], stats
         out["e2e_events_per_s"] = n / elapsed
+        # What the worker spends per event, every thread: steadier than a rate on a shared machine.
+        out["e2e_worker_cpu_us"] = cpu * 1e6 / n
         out["publish_events_per_s"] = n / publish_s
     finally:
         worker.stop()
@@ -305,7 +314,8 @@ def main() -> None:
             results[name].append(r)
             print(
                 f"run {run} [{name}]: end to end {r['e2e_events_per_s']:,.0f} events/s "
-                f"(SDK publish alone {r['publish_events_per_s']:,.0f}/s); "
+                f"(SDK publish alone {r['publish_events_per_s']:,.0f}/s; "
+                f"worker CPU {r['e2e_worker_cpu_us']:.1f} µs/event); "
                 f"backlog drain {r['drain_events_per_s']:,.0f} events/s in {r['drain_batches']:.0f} batches",
                 flush=True,
             )
@@ -316,11 +326,17 @@ def main() -> None:
             ("publish_events_per_s", "SDK publish"),
         ):
             print(f"[{name}] median {label}: {statistics.median(r[key] for r in runs):,.0f} events/s")
+        cpu = statistics.median(r["e2e_worker_cpu_us"] for r in runs)
+        print(f"[{name}] median worker CPU end to end: {cpu:.1f} µs/event")
     if args.compare:
         ours, theirs = results["this tree"], results[args.compare]
         for key, label in (("e2e_events_per_s", "end to end"), ("drain_events_per_s", "backlog drain")):
             ratios = [a[key] / b[key] for a, b in zip(ours, theirs, strict=True)]
             print(f"this tree / {args.compare}, {label}: median ratio {statistics.median(ratios):.2f}x")
+        cpu = statistics.median(
+            a["e2e_worker_cpu_us"] / b["e2e_worker_cpu_us"] for a, b in zip(ours, theirs, strict=True)
+        )
+        print(f"this tree / {args.compare}, worker CPU per event: median ratio {cpu:.2f}x")
     print(f"({args.events:,} events per run, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
 
 

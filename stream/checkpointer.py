@@ -33,14 +33,18 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producers.contract.tlog.checkpoint import Checkpoint, note_hash
-from producers.contract.tlog.merkle import Frontier
+from producers.contract.tlog.merkle import Frontier, fold
 from producers.contract.tlog.note import Signer
 from storage.store import Store, StoreSettings
-from storage.tree import StoredCheckpoint, TreeStore
+from storage.tree import BLOCK_LEVEL, StoredCheckpoint, TreeStore
 from storage.writer import LOCAL_LOG
 from stream import signing_key
 
 log = logging.getLogger("auditlog.checkpoints")
+
+# A million leaves a statement: the first checkpoint of a large store's log holds its blocks'
+# leaves in memory a million at a time (40 MB), not all at once.
+BLOCKS_A_STATEMENT = 4096
 
 
 class CheckpointSettings(BaseSettings):
@@ -152,40 +156,23 @@ class Checkpointer:
         with self._lock(log_name):
             last = self._tree.latest_checkpoint(log_name)
             start = last.size if last else 0
-            coords = Frontier.coords(start)
-            stored = self._tree.nodes(log_name, coords)
-            missing = [c for c in coords if c not in stored]
-            if missing:
-                raise RuntimeError(
-                    f"log {log_name}: the tree of its last checkpoint ({start} leaves) lacks the subtrees "
-                    f"{missing[:4]}: run `auditlog verify --log {log_name}`"
-                )
-            frontier = Frontier(start, [stored[c] for c in coords])
-            fresh: list[bytes] = []
-            for index, leaf in self._tree.leaves(log_name, start):
-                head = start + len(fresh)
-                if index == head - 1:
-                    continue  # two leaves at one position: `auditlog verify` names them
-                if index != head:
-                    # A crash committed part of an insert: the writer gives these positions to
-                    # the events that come again, and signing resumes past them then.
-                    log.error(
-                        "log %s: positions %d to %d have no leaf yet; checkpoints stop before them",
-                        log_name, head, index - 1,
-                    )  # fmt: skip
-                    break
-                fresh.append(leaf)
-            completed: list[tuple[int, int, bytes]] = []
-            frontier.extend(fresh, completed)
-            if frontier.size == start and not force and last is not None:
+            end, after = self._tree.leaf_run(log_name, start)
+            if after is not None:
+                # A crash committed part of an insert: the writer gives these positions to
+                # the events that come again, and signing resumes past them then.
+                log.error(
+                    "log %s: positions %d to %d have no leaf yet; checkpoints stop before them",
+                    log_name, end, after - 1,
+                )  # fmt: skip
+            if end == start and not force and last is not None:
                 return None
-            if frontier.size == 0 and last is None and not force:
+            if end == 0 and last is None and not force:
                 return None
-            self._tree.put_nodes(log_name, completed)
+            root = self._extend(log_name, start, end)
             checkpoint = Checkpoint(
                 origin=self.origin_of(log_name),
-                size=frontier.size,
-                root=frontier.root(),
+                size=end,
+                root=root,
                 time_ms=int(self._clock() * 1000),
                 prev=note_hash(last.note) if last else None,
             )
@@ -208,6 +195,42 @@ class Checkpointer:
                 self._publish(made)
             log.info("checkpoint %s: %d leaves", checkpoint.origin, checkpoint.size)
             return made
+
+    def _extend(self, log_name: str, start: int, end: int) -> bytes:
+        """Keep every perfect subtree the leaves [start, end) complete, and return the root of
+        the tree of `end` leaves.
+
+        The whole blocks of 256 leaves are hashed by the store (`TreeStore.hash_blocks`,
+        levels 1 to 8, in ClickHouse); the tree above their roots here, one node per 256
+        leaves, from the subtrees of level 8 and up of the last checkpoint's compact range;
+        and the block not yet whole (at most 255 leaves) here too. The checkpoint that
+        completes that block hashes it again in the store: the same hashes."""
+        coords = [c for c in Frontier.coords(start) if c[0] >= BLOCK_LEVEL]
+        stored = self._tree.nodes(log_name, coords)
+        missing = [c for c in coords if c not in stored]
+        if missing:
+            raise RuntimeError(
+                f"log {log_name}: the tree of its last checkpoint ({start} leaves) lacks the subtrees "
+                f"{missing[:4]}: run `auditlog verify --log {log_name}`"
+            )
+        high = Frontier(start >> BLOCK_LEVEL, [stored[c] for c in coords])
+        above: list[tuple[int, int, bytes]] = []
+        for first in range(start >> BLOCK_LEVEL, end >> BLOCK_LEVEL, BLOCKS_A_STATEMENT):
+            stop = min(end >> BLOCK_LEVEL, first + BLOCKS_A_STATEMENT)
+            high.extend(self._tree.hash_blocks(log_name, first, stop), above)
+        base = (end >> BLOCK_LEVEL) << BLOCK_LEVEL
+        tail: dict[int, bytes] = {}
+        for index, leaf in self._tree.leaves(log_name, base, end):
+            tail.setdefault(index, leaf)
+        low = Frontier()
+        below: list[tuple[int, int, bytes]] = []
+        low.extend([tail[i] for i in sorted(tail)], below)
+        self._tree.put_nodes(
+            log_name,
+            [(level + BLOCK_LEVEL, idx, h) for level, idx, h in above]
+            + [(level, (base >> level) + idx, h) for level, idx, h in below],
+        )
+        return fold([*high.hashes, *low.hashes])
 
     def _anchor_file(self, made: Made) -> None:
         if self._anchor is None:

@@ -588,12 +588,17 @@ def test_a_failed_view_is_mended_before_the_next_write(store: Store, signer: Sig
     assert _verify(store, signer).findings == []
 
 
-def test_proof_nodes_hashed_from_their_leaves_are_the_stored_ones(store: Store, signer: Signer) -> None:
+def _tree_of(store: Store, log: str = "local") -> dict[merkle.Coord, bytes]:
+    """Every perfect subtree of the log, hashed here from its leaves."""
+    tree = merkle.levels([h for _, h in store.tree.leaves(log)])
+    return {(level, idx): h for level, row in enumerate(tree) for idx, h in enumerate(row)}
+
+
+def test_proof_nodes_hashed_from_their_leaves_are_the_trees(store: Store, signer: Signer) -> None:
     _signed_store(store, signer, n=45)
     coords = [(level, idx) for level in range(6) for idx in range(45 >> level)]
-    stored = store.tree.nodes("local", coords)
-    assert len(stored) == len(coords)
-    assert store.tree.proof_nodes("local", coords) == stored
+    tree = _tree_of(store)
+    assert store.tree.proof_nodes("local", coords) == {c: tree[c] for c in coords}
     # A low node whose leaves are not all there is not made up.
     _sql(store, "ALTER TABLE {db}.merkle_nodes DELETE WHERE level = 0 AND idx = 5")
     assert (2, 1) not in store.tree.proof_nodes("local", [(2, 1), (2, 0)])
@@ -602,13 +607,39 @@ def test_proof_nodes_hashed_from_their_leaves_are_the_stored_ones(store: Store, 
 def test_proof_nodes_of_a_tree_past_one_block_match_the_stored_ones(store: Store, signer: Signer) -> None:
     _signed_store(store, signer, n=700)
     coords = [(level, idx) for level in range(10) for idx in range(700 >> level)]
+    tree = _tree_of(store)
+    # What the checkpointer kept: every subtree of the 700 leaves (those of the two whole
+    # blocks of 256 and above them hashed by the store, those of the third block here).
     stored = store.tree.nodes("local", coords)
-    assert len(stored) == len(coords)
+    assert stored == {c: tree[c] for c in coords}
     cold = TreeStore(store.engine, database=store.database)
-    assert cold.proof_nodes("local", coords) == stored  # the high levels read, then kept
+    assert cold.proof_nodes("local", coords) == {
+        c: tree[c] for c in coords
+    }  # the high levels read, then kept
     for index in (0, 255, 256, 511, 699):
         path = [c for r in merkle.inclusion_ranges(index, 700) for c in merkle.coords_for([r])]
-        assert cold.proof_nodes("local", path) == {c: stored[c] for c in path if c in stored}
+        assert cold.proof_nodes("local", path) == {c: tree[c] for c in path}
+
+
+def test_checkpoints_in_steps_keep_the_subtrees_and_roots_of_one_made_at_once(
+    store: Store, signer: Signer
+) -> None:
+    """Blocks hashed by the store at every kind of boundary (inside a block, on one, several
+    blocks at once) give the roots and subtrees that one pass over the leaves does."""
+    checkpointer = _checkpointer(store, signer)
+    roots: list[tuple[int, bytes]] = []
+    size = 0
+    for n in (1, 3, 255, 256, 257, 700, 768, 1030):
+        _ingest(store, _events(n - size, start=size))
+        size = n
+        [made] = checkpointer.run()
+        roots.append((made.checkpoint.size, made.checkpoint.root))
+    tree = merkle.levels([h for _, h in store.tree.leaves("local")])
+    assert roots == [(n, merkle.root_at(tree, n)) for n, _ in roots]
+    whole = _tree_of(store)
+    coords = [(level, idx) for level in range(1, 11) for idx in range(1030 >> level)]
+    assert store.tree.nodes("local", coords) == {c: whole[c] for c in coords}
+    assert _verify(store, signer).findings == []
 
 
 class _StaleTree(TreeStore):
