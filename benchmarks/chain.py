@@ -52,7 +52,7 @@ def _messages(n: int, partitions: int, seed: int) -> list[Any]:
         out.append(
             RawMessage(
                 pack_envelope(encoded[i : i + EVENTS_PER_ENVELOPE]),
-                [("content-type", ENVELOPE_CONTENT_TYPE.encode())],
+                (("content-type", ENVELOPE_CONTENT_TYPE.encode()),),
                 "bench.raw",
                 partition,
                 offsets[partition],
@@ -149,7 +149,16 @@ def child(store_path: Path, n: int, *, tree: bool, bootstrap: str, seed: int) ->
 
 def _run(n: int, *, tree: bool, bootstrap: str, seed: int) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp(prefix="auditlog-chain-bench-"))
-    args = ["--store", str(folder / "store"), "--events", str(n), "--bootstrap", bootstrap, "--seed", str(seed)]
+    args = [
+        "--store",
+        str(folder / "store"),
+        "--events",
+        str(n),
+        "--bootstrap",
+        bootstrap,
+        "--seed",
+        str(seed),
+    ]
     out = subprocess.run(  # noqa: S603 - this module, arguments built here
         [sys.executable, "-m", "benchmarks.chain", "child", *args, *([] if tree else ["--no-tree"])],
         cwd=REPO,
@@ -162,7 +171,9 @@ def _run(n: int, *, tree: bool, bootstrap: str, seed: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", nargs="?", choices=["compare", "child"], default="compare")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=5)
@@ -174,7 +185,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.mode == "child":
-        result = child(args.store, args.events, tree=not args.no_tree, bootstrap=args.bootstrap, seed=args.seed)
+        result = child(
+            args.store, args.events, tree=not args.no_tree, bootstrap=args.bootstrap, seed=args.seed
+        )
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
         return
     ratios: dict[str, list[float]] = {"seconds": [], "cpu_seconds": []}
@@ -192,7 +205,8 @@ def main() -> None:
             flush=True,
         )
     print(
-        f"throughput with the tree / without, median of per-run ratios: {statistics.median(ratios['seconds']):.3f}x "
+        "throughput with the tree / without, median of per-run ratios: "
+        f"{statistics.median(ratios['seconds']):.3f}x "
         f"(runs: {', '.join(f'{r:.3f}' for r in ratios['seconds'])}); CPU per event without / with: "
         f"{statistics.median(ratios['cpu_seconds']):.3f}x"
     )
