@@ -148,7 +148,8 @@ class TreeStore:
         ]
         # A block's leaves in order (a position held twice, which `auditlog verify` reports,
         # counts once); each level pairs the one below with arraySplit, which reads its array once.
-        self._engine.command(
+        # On a read connection: the writer's inserts do not wait behind it.
+        self._engine.command_aside(
             f"INSERT INTO {self._db}.merkle_nodes (log, level, idx, hash) "
             f"SELECT {{log:String}}, t.1, t.2, t.3 FROM (SELECT block, {', '.join(levels)}, "
             f"arrayJoin(arrayConcat({', '.join(rows)})) AS t FROM ("
