@@ -124,10 +124,12 @@ class TreeStore:
         run, n = int(found["run"]), int(found["n"])
         return start + run, int(found["after"]) if n > run else None
 
-    def hash_blocks(self, log: str, first: int, stop: int) -> list[bytes]:
+    def hash_blocks(self, log: str, first: int, stop: int, *, after: int = 0) -> list[bytes]:
         """Hash and keep every subtree of levels 1 to 8 of the aligned blocks of 256 leaves
         [first, stop) (block b: leaves [256 b, 256 b + 256)), in ClickHouse, and return the
         blocks' roots (their level-8 nodes) in order; every position of them must hold a leaf.
+        Subtrees whose leaves all lie below `after` (kept by an earlier checkpoint) are not
+        stored again.
 
         One statement a call, all its hashing in ClickHouse's threads: the checkpointer's
         own Python then touches one node per 256 leaves (it hashed, packed and stored every
@@ -157,8 +159,9 @@ class TreeStore:
             "arrayMap(x -> x.2, arraySort(groupArray((idx, h)))) AS a0 "
             f"FROM (SELECT idx, any(hash) AS h FROM {self._db}.merkle_nodes WHERE log = {{log:String}} "
             "AND level = 0 AND idx >= {lo:UInt64} AND idx < {hi:UInt64} GROUP BY idx) "
-            f"GROUP BY block HAVING length(a0) = {block}))",
-            params={"log": log, "lo": first * block, "hi": stop * block},
+            f"GROUP BY block HAVING length(a0) = {block})) "
+            "WHERE bitShiftLeft(t.2 + 1, t.1) > {after:UInt64}",
+            params={"log": log, "lo": first * block, "hi": stop * block, "after": after},
         )
         data = self._engine.query_binary(
             f"SELECT idx, any(hash) FROM {self._db}.merkle_nodes WHERE log = {{log:String}} "

@@ -203,8 +203,8 @@ class Checkpointer:
         The whole blocks of 256 leaves are hashed by the store (`TreeStore.hash_blocks`,
         levels 1 to 8, in ClickHouse); the tree above their roots here, one node per 256
         leaves, from the subtrees of level 8 and up of the last checkpoint's compact range;
-        and the block not yet whole (at most 255 leaves) here too. The checkpoint that
-        completes that block hashes it again in the store: the same hashes."""
+        and the block not yet whole (at most 255 leaves) here too. Only subtrees that end
+        past `start` are stored: those before it were stored by an earlier checkpoint."""
         coords = [c for c in Frontier.coords(start) if c[0] >= BLOCK_LEVEL]
         stored = self._tree.nodes(log_name, coords)
         missing = [c for c in coords if c not in stored]
@@ -217,7 +217,7 @@ class Checkpointer:
         above: list[tuple[int, int, bytes]] = []
         for first in range(start >> BLOCK_LEVEL, end >> BLOCK_LEVEL, BLOCKS_A_STATEMENT):
             stop = min(end >> BLOCK_LEVEL, first + BLOCKS_A_STATEMENT)
-            high.extend(self._tree.hash_blocks(log_name, first, stop), above)
+            high.extend(self._tree.hash_blocks(log_name, first, stop, after=start), above)
         base = (end >> BLOCK_LEVEL) << BLOCK_LEVEL
         tail: dict[int, bytes] = {}
         for index, leaf in self._tree.leaves(log_name, base, end):
@@ -225,10 +225,13 @@ class Checkpointer:
         low = Frontier()
         below: list[tuple[int, int, bytes]] = []
         low.extend([tail[i] for i in sorted(tail)], below)
+        # Of the partial block, only the subtrees these leaves complete: a quiet log's block
+        # fills over many checkpoints, and each would store the same subtrees again.
+        fresh = [(level, (base >> level) + idx, h) for level, idx, h in below]
         self._tree.put_nodes(
             log_name,
             [(level + BLOCK_LEVEL, idx, h) for level, idx, h in above]
-            + [(level, (base >> level) + idx, h) for level, idx, h in below],
+            + [(level, idx, h) for level, idx, h in fresh if (idx + 1) << level > start],
         )
         return fold([*high.hashes, *low.hashes])
 

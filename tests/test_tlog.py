@@ -625,11 +625,12 @@ def test_checkpoints_in_steps_keep_the_subtrees_and_roots_of_one_made_at_once(
     store: Store, signer: Signer
 ) -> None:
     """Blocks hashed by the store at every kind of boundary (inside a block, on one, several
-    blocks at once) give the roots and subtrees that one pass over the leaves does."""
+    blocks at once) give the roots and subtrees that one pass over the leaves does, each
+    subtree kept once."""
     checkpointer = _checkpointer(store, signer)
     roots: list[tuple[int, bytes]] = []
     size = 0
-    for n in (1, 3, 255, 256, 257, 700, 768, 1030):
+    for n in (1, 3, 9, 130, 255, 256, 257, 700, 768, 1030):
         _ingest(store, _events(n - size, start=size))
         size = n
         [made] = checkpointer.run()
@@ -639,6 +640,8 @@ def test_checkpoints_in_steps_keep_the_subtrees_and_roots_of_one_made_at_once(
     whole = _tree_of(store)
     coords = [(level, idx) for level in range(1, 11) for idx in range(1030 >> level)]
     assert store.tree.nodes("local", coords) == {c: whole[c] for c in coords}
+    # Each subtree stored once, however many checkpoints a block took to fill.
+    assert _count(store, "SELECT count() FROM {db}.merkle_nodes WHERE level > 0") == len(coords)
     assert _verify(store, signer).findings == []
 
 
