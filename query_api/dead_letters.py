@@ -13,11 +13,11 @@ import orjson
 from fastapi import Query, Request, Response
 from pydantic import BaseModel, Field
 
-from producers.contract.event import RejectCode
+from producers.contract.event import RejectCode, rfc3339_ms
 from producers.contract.permissions import may_manage
 from query_api.admin import need_admin, record_task
 from query_api.deps import CurrentCaller, Scope, ServicesDep, v1_router
-from query_api.serialize import rfc3339_ms, to_ms
+from query_api.serialize import to_ms
 
 router = v1_router(tags=["administration"])
 

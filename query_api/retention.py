@@ -19,7 +19,7 @@ from fastapi import HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from producers.contract.directory import Directory
-from producers.contract.event import ENTITY_KINDS, KindName
+from producers.contract.event import ENTITY_KINDS, KindName, rfc3339_ms
 from producers.contract.permissions import Caller, may_manage
 from query_api.admin import need_admin, record_task
 from query_api.deps import (
@@ -31,7 +31,7 @@ from query_api.deps import (
     v1_router,
 )
 from query_api.read_audit import ReadAuditor
-from query_api.serialize import rfc3339_ms, to_ms
+from query_api.serialize import to_ms
 from storage.retention import MAX_DAYS, RETENTION_ACTIONS, LegalHold, Policy, PurgePlan, PurgeResult, Rule
 
 router = v1_router(tags=["retention"])

@@ -21,7 +21,7 @@ from pydantic import BaseModel, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from producers.contract import strict_json
-from producers.contract.event import ENTITY_KINDS, AuditEvent, KindName
+from producers.contract.event import ENTITY_KINDS, AuditEvent, KindName, rfc3339_ms
 from producers.contract.permissions import Caller, ReadScope, may_read_activity_log, may_read_entity
 from query_api.deps import (
     CurrentCaller,
@@ -38,7 +38,7 @@ from query_api.parquet_export import MEDIA_TYPE as PARQUET
 from query_api.parquet_export import ParquetStream
 from query_api.read_audit import ReadNotRecorded
 from query_api.search import SearchSyntaxError, compile_query, resolve
-from query_api.serialize import event_out, rfc3339_ms, summary_out, to_ms
+from query_api.serialize import event_out, summary_out, to_ms
 from storage.reader import MAX_BUCKETS, MAX_PAGE, CursorError, EventFilter, View
 from storage.reader import Timeline as StoredTimeline
 

@@ -7,9 +7,7 @@ from typing import Any
 
 import orjson
 
-
-def rfc3339_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from producers.contract.event import rfc3339_ms
 
 
 def to_ms(ts: datetime | None) -> int | None:

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from producers.contract.event import rfc3339_ms
 from query_api.search import parse, token_end
-from query_api.serialize import rfc3339_ms
 from storage.reader import Timeline
 
 # A facet column and the search qualifier that filters on it.

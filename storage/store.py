@@ -7,7 +7,6 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal
 
@@ -16,6 +15,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producers.contract.directory import Directories, Directory, DirectorySnapshot
+from producers.contract.event import rfc3339_ms
 from storage.analyst_roles import AnalystScopes
 from storage.analyst_sql import AnalystSql
 from storage.dead_letter_reader import DeadLetterReader
@@ -95,14 +95,10 @@ class ApiKey:
             "label": self.label,
             "can_ingest": self.can_ingest,
             "can_publish_directory": self.can_publish_directory,
-            "created_at": _iso(self.created_at_ms),
-            "expires_at": _iso(self.expires_at_ms) if self.expires_at_ms is not None else None,
+            "created_at": rfc3339_ms(self.created_at_ms),
+            "expires_at": rfc3339_ms(self.expires_at_ms) if self.expires_at_ms is not None else None,
             "revoked": self.revoked,
         }
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def hash_key(key: str) -> str:

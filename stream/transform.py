@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from producers.contract.directory import Directories, Directory
-from producers.contract.event import AuditEvent, EntityRef, FieldError, InvalidEvent
+from producers.contract.event import AuditEvent, EntityRef, FieldError, InvalidEvent, rfc3339_ms
 from producers.contract.permissions import row_token
 from storage.record import Row, entity_key
 from stream.messages import Lineage, format_ch_time, ms_to_ch_time
@@ -292,10 +292,8 @@ def process(event: AuditEvent, directories: Directories, lineage: Lineage) -> Ro
     return enrich(event, directory_for(event, directories), lineage)
 
 
-@lru_cache(maxsize=4096)
-def rfc3339_ms(ms: int) -> str:
-    # A batch shares one broker timestamp per message: formatted once, not per event.
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+# A batch shares one broker timestamp per message: formatted once, not per event.
+_received_text = lru_cache(maxsize=4096)(rfc3339_ms)
 
 
 def wire_event(event: AuditEvent, row: Row, lineage: Lineage) -> dict[str, Any]:
@@ -310,7 +308,7 @@ def wire_event(event: AuditEvent, row: Row, lineage: Lineage) -> dict[str, Any]:
         "schema_version": event.schema_version,
         # The row's UTC millisecond time, in RFC 3339: "2026-10-01 08:00:00.000" -> "...T08:00:00.000Z".
         "occurred_at": f"{row['occurred_at'][:10]}T{row['occurred_at'][11:]}Z",
-        "received_at": rfc3339_ms(lineage.received_at_ms),
+        "received_at": _received_text(lineage.received_at_ms),
         "infrastructure": event.infrastructure,
         "environment": event.environment,
         "actor": {

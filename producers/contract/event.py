@@ -87,6 +87,11 @@ def _parse_rfc3339(value: Any) -> datetime:
 Timestamp = Annotated[datetime, BeforeValidator(_parse_rfc3339)]
 
 
+def rfc3339_ms(ms: int) -> str:
+    """Epoch milliseconds as the contract writes a time: RFC 3339, milliseconds, UTC as `Z`."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _check_ip(value: Any) -> Any:
     if value is None or value == "":
         return None
