@@ -148,8 +148,9 @@ class TreeStore:
             f"range(1, {(block >> level) + 1}))"
             for level in range(1, BLOCK_LEVEL + 1)
         ]
-        # A block's leaves in order (a position held twice, which `auditlog verify` reports,
-        # counts once); each level pairs the one below with arraySplit, which reads its array once.
+        # A block's leaves in order (of a position held twice, which `auditlog verify` reports,
+        # the smaller hash, as the checkpointer takes it); each level pairs the one below with
+        # arraySplit, which reads its array once.
         # On a read connection: the writer's inserts do not wait behind it.
         self._engine.command_aside(
             f"INSERT INTO {self._db}.merkle_nodes (log, level, idx, hash) "
@@ -157,7 +158,7 @@ class TreeStore:
             f"arrayJoin(arrayConcat({', '.join(rows)})) AS t FROM ("
             f"SELECT intDiv(idx, {block}) AS block, "
             "arrayMap(x -> x.2, arraySort(groupArray((idx, h)))) AS a0 "
-            f"FROM (SELECT idx, any(hash) AS h FROM {self._db}.merkle_nodes WHERE log = {{log:String}} "
+            f"FROM (SELECT idx, min(hash) AS h FROM {self._db}.merkle_nodes WHERE log = {{log:String}} "
             "AND level = 0 AND idx >= {lo:UInt64} AND idx < {hi:UInt64} GROUP BY idx) "
             f"GROUP BY block HAVING length(a0) = {block})) "
             "WHERE bitShiftLeft(t.2 + 1, t.1) > {after:UInt64}",
@@ -205,7 +206,8 @@ class TreeStore:
         (0.2 ms). Level 8 and up (one node per 128 leaves, about 25 MB of memory a 10M-leaf
         log) is read once per log and process and then kept: a perfect subtree's hash never
         changes once its leaves exist. So a warm proof of a row is one read of its block;
-        only nodes the tree gained since (its right edge) are looked up on their own."""
+        only nodes the tree gained since (its right edge) are looked up on their own. Of two
+        leaves at one position, the smaller hash, as the checkpointer takes it."""
         wanted = sorted(set(coords))
         if log not in self._loaded:
             self._load_high(log)
@@ -218,14 +220,14 @@ class TreeStore:
         blocks = sorted({(idx << level) >> BLOCK_LEVEL for level, idx in low})
         if len(blocks) == 1 and not direct:
             data = self._engine.query_binary(
-                f"SELECT toUInt8(0), idx, any(hash) FROM {self._db}.merkle_nodes "
+                f"SELECT toUInt8(0), idx, min(hash) FROM {self._db}.merkle_nodes "
                 "WHERE log = {log:String} AND level = 0 AND idx >= {lo:UInt64} AND idx < {hi:UInt64} "
                 "GROUP BY idx SETTINGS max_threads = 1",
                 params={"log": log, "lo": blocks[0] << BLOCK_LEVEL, "hi": (blocks[0] + 1) << BLOCK_LEVEL},
             )
         else:
             data = self._engine.query_binary(
-                f"SELECT level, idx, any(hash) FROM {self._db}.merkle_nodes WHERE log = {{log:String}} "
+                f"SELECT level, idx, min(hash) FROM {self._db}.merkle_nodes WHERE log = {{log:String}} "
                 "AND ((level, idx) IN {coords:Array(Tuple(UInt8, UInt64))} "
                 f"OR (level = 0 AND intDiv(idx, {1 << BLOCK_LEVEL}) IN {{blocks:Array(UInt64)}})) "
                 "GROUP BY level, idx",

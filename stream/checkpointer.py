@@ -32,6 +32,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from producers.contract.tlog import merkle
 from producers.contract.tlog.checkpoint import Checkpoint, note_hash
 from producers.contract.tlog.merkle import Frontier, fold
 from producers.contract.tlog.note import Signer
@@ -168,7 +169,7 @@ class Checkpointer:
                 return None
             if end == 0 and last is None and not force:
                 return None
-            root = self._extend(log_name, start, end)
+            root = self._extend(log_name, last, end)
             checkpoint = Checkpoint(
                 origin=self.origin_of(log_name),
                 size=end,
@@ -196,16 +197,22 @@ class Checkpointer:
             log.info("checkpoint %s: %d leaves", checkpoint.origin, checkpoint.size)
             return made
 
-    def _extend(self, log_name: str, start: int, end: int) -> bytes:
-        """Keep every perfect subtree the leaves [start, end) complete, and return the root of
-        the tree of `end` leaves.
+    def _extend(self, log_name: str, last: StoredCheckpoint | None, end: int) -> bytes:
+        """Keep every perfect subtree the leaves [start, end) complete (`start`: the size `last`
+        signed), and return the root of the tree of `end` leaves.
 
         The whole blocks of 256 leaves are hashed by the store (`TreeStore.hash_blocks`,
         levels 1 to 8, in ClickHouse); the tree above their roots here, one node per 256
         leaves, from the subtrees of level 8 and up of the last checkpoint's compact range;
         and the block not yet whole (at most 255 leaves) here too. Only subtrees that end
-        past `start` are stored: those before it were stored by an earlier checkpoint."""
-        coords = [c for c in Frontier.coords(start) if c[0] >= BLOCK_LEVEL]
+        past `start` are stored: those before it were stored by an earlier checkpoint.
+
+        Before anything is signed, the tree below `start` must still be the one `last` signed:
+        its stored compact range hashes to `last`'s root, and the leaves of its partial block
+        to that range's low subtrees; otherwise nothing is extended (a fork signed by this
+        process would hide what changed)."""
+        start = last.size if last else 0
+        coords = Frontier.coords(start)
         stored = self._tree.nodes(log_name, coords)
         missing = [c for c in coords if c not in stored]
         if missing:
@@ -213,27 +220,54 @@ class Checkpointer:
                 f"log {log_name}: the tree of its last checkpoint ({start} leaves) lacks the subtrees "
                 f"{missing[:4]}: run `auditlog verify --log {log_name}`"
             )
-        high = Frontier(start >> BLOCK_LEVEL, [stored[c] for c in coords])
+        changed = last is not None and fold([stored[c] for c in coords]) != last.root
+        if not changed:
+            below = self._block_leaves(log_name, (start >> BLOCK_LEVEL) << BLOCK_LEVEL, start)
+            rebuilt = merkle.levels(below) if below else []
+            offset = start >> BLOCK_LEVEL
+            changed = any(
+                rebuilt[level][idx - (offset << (BLOCK_LEVEL - level))] != stored[(level, idx)]
+                for level, idx in coords
+                if level < BLOCK_LEVEL
+            )
+        if changed:
+            raise RuntimeError(
+                f"log {log_name}: the stored tree no longer matches its last checkpoint ({start} leaves): "
+                f"run `auditlog verify --log {log_name}`"
+            )
+        high_coords = [c for c in coords if c[0] >= BLOCK_LEVEL]
+        high = Frontier(start >> BLOCK_LEVEL, [stored[c] for c in high_coords])
         above: list[tuple[int, int, bytes]] = []
         for first in range(start >> BLOCK_LEVEL, end >> BLOCK_LEVEL, BLOCKS_A_STATEMENT):
             stop = min(end >> BLOCK_LEVEL, first + BLOCKS_A_STATEMENT)
             high.extend(self._tree.hash_blocks(log_name, first, stop, after=start), above)
         base = (end >> BLOCK_LEVEL) << BLOCK_LEVEL
-        tail: dict[int, bytes] = {}
-        for index, leaf in self._tree.leaves(log_name, base, end):
-            tail.setdefault(index, leaf)
         low = Frontier()
-        below: list[tuple[int, int, bytes]] = []
-        low.extend([tail[i] for i in sorted(tail)], below)
+        completed: list[tuple[int, int, bytes]] = []
+        low.extend(self._block_leaves(log_name, base, end), completed)
         # Of the partial block, only the subtrees these leaves complete: a quiet log's block
         # fills over many checkpoints, and each would store the same subtrees again.
-        fresh = [(level, (base >> level) + idx, h) for level, idx, h in below]
+        fresh = [(level, (base >> level) + idx, h) for level, idx, h in completed]
         self._tree.put_nodes(
             log_name,
             [(level + BLOCK_LEVEL, idx, h) for level, idx, h in above]
             + [(level, idx, h) for level, idx, h in fresh if (idx + 1) << level > start],
         )
         return fold([*high.hashes, *low.hashes])
+
+    def _block_leaves(self, log_name: str, first: int, stop: int) -> list[bytes]:
+        """The leaves [first, stop) of one block, every position held: of two leaves at one
+        position (evidence `auditlog verify` reports) the smaller hash, as the store's block
+        hashing takes it, so that every checkpoint extends one and the same tree."""
+        found: dict[int, bytes] = {}
+        for index, leaf in self._tree.leaves(log_name, first, stop):
+            found[index] = min(found.get(index, leaf), leaf)
+        if len(found) != stop - first:
+            raise RuntimeError(
+                f"log {log_name}: positions of [{first}, {stop}) lack a leaf: "
+                f"run `auditlog verify --log {log_name}`"
+            )
+        return [found[i] for i in range(first, stop)]
 
     def _anchor_file(self, made: Made) -> None:
         if self._anchor is None:

@@ -645,6 +645,26 @@ def test_checkpoints_in_steps_keep_the_subtrees_and_roots_of_one_made_at_once(
     assert _verify(store, signer).findings == []
 
 
+def test_a_checkpoint_is_refused_when_the_tree_below_the_last_one_changed(
+    store: Store, signer: Signer
+) -> None:
+    checkpointer = _checkpointer(store, signer)
+    _ingest(store, _events(5))
+    [first] = checkpointer.run()
+    _ingest(store, _events(3, start=5))
+    _sql(store, "ALTER TABLE {db}.merkle_nodes DELETE WHERE level = 0 AND idx = 2")
+    # Signing 8 leaves now would sign a root of other leaves than the 5 already signed.
+    with pytest.raises(RuntimeError, match="lack a leaf"):
+        checkpointer.checkpoint("local")
+    _sql(
+        store,
+        "ALTER TABLE {db}.merkle_nodes UPDATE hash = unhex(repeat('ab', 32)) WHERE level = 2 AND idx = 0",
+    )
+    with pytest.raises(RuntimeError, match="no longer matches its last checkpoint"):
+        checkpointer.checkpoint("local")
+    assert [c.size for c in store.tree.checkpoints("local")] == [first.checkpoint.size]
+
+
 class _StaleTree(TreeStore):
     """A second signer that read the log's newest checkpoint before the first one signed."""
 

@@ -74,7 +74,8 @@ class CheckpointStep:
             self._stopping = True
             self._state.notify()
         if self._thread is not None:
-            self._thread.join(timeout=60)
+            # Unbounded: a signing still running must end before the store it reads is closed.
+            self._thread.join()
         self._sign(self._take(due_only=False))
 
     def tick(self) -> None:
