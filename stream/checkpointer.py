@@ -221,8 +221,10 @@ class Checkpointer:
                 f"{missing[:4]}: run `auditlog verify --log {log_name}`"
             )
         changed = last is not None and fold([stored[c] for c in coords]) != last.root
+        start_base = (start >> BLOCK_LEVEL) << BLOCK_LEVEL
+        below: list[bytes] = []
         if not changed:
-            below = self._block_leaves(log_name, (start >> BLOCK_LEVEL) << BLOCK_LEVEL, start)
+            below = self._block_leaves(log_name, start_base, start)
             rebuilt = merkle.levels(below) if below else []
             offset = start >> BLOCK_LEVEL
             changed = any(
@@ -242,16 +244,21 @@ class Checkpointer:
             stop = min(end >> BLOCK_LEVEL, first + BLOCKS_A_STATEMENT)
             high.extend(self._tree.hash_blocks(log_name, first, stop, after=start), above)
         base = (end >> BLOCK_LEVEL) << BLOCK_LEVEL
+        # The partial block's leaves below `start` were just read when it is still the same block.
+        tail = below + self._block_leaves(log_name, start, end) if base == start_base else []
         low = Frontier()
         completed: list[tuple[int, int, bytes]] = []
-        low.extend(self._block_leaves(log_name, base, end), completed)
+        low.extend(tail or self._block_leaves(log_name, base, end), completed)
         # Of the partial block, only the subtrees these leaves complete: a quiet log's block
         # fills over many checkpoints, and each would store the same subtrees again.
-        fresh = [(level, (base >> level) + idx, h) for level, idx, h in completed]
         self._tree.put_nodes(
             log_name,
             [(level + BLOCK_LEVEL, idx, h) for level, idx, h in above]
-            + [(level, idx, h) for level, idx, h in fresh if (idx + 1) << level > start],
+            + [
+                (level, (base >> level) + idx, h)
+                for level, idx, h in completed
+                if ((base >> level) + idx + 1) << level > start
+            ],
         )
         return fold([*high.hashes, *low.hashes])
 
