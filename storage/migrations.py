@@ -109,12 +109,14 @@ _EVENT_KEYS_VIEW_V7 = (
     + "\n"
 )
 
-# The Merkle tree of every log (producers.contract.tlog.merkle): the hash of every perfect
-# subtree, by (log, level, index). Level 0, the leaves, is filled by ClickHouse in the
-# insert into audit_events, like the event keys (a leaf is never committed without its
-# row, and a row a crash left without its leaf gets it back: VIEW_REPAIRS); the levels
-# above are written by the checkpointer before it
-# signs a checkpoint over them. No TTL: a leaf outlives its row, so a tree whose old rows
+# The Merkle tree of every log (producers.contract.tlog.merkle): perfect subtrees by (log,
+# level, index): the leaves, level 1, level 8 and up, and the low subtrees of each block of
+# 256 leaves not yet whole when a checkpoint was signed (`storage.tree.TreeStore.hash_blocks`:
+# levels 2 to 7 of a whole block are hashed from its leaves when needed). Level 0, the
+# leaves, is filled by ClickHouse in the insert into audit_events, like the event keys (a
+# leaf is never committed without its row, and a row a crash left without its leaf gets it
+# back: VIEW_REPAIRS); the levels above are written by the checkpointer before it signs a
+# checkpoint over them. No TTL: a leaf outlives its row, so a tree whose old rows
 # expired still verifies. A MergeTree, not a Replacing one: two leaves at one position are
 # evidence (`auditlog verify` reports them), not something a merge may quietly fold.
 # Granules of 1024: a proof reads ~25 single nodes, each a granule (at 10M leaves, 1024

@@ -29,6 +29,8 @@ _NIL = "toUUID('00000000-0000-0000-0000-000000000000')"
 LEAF_PAGE = 1_000_000
 _CACHED_LEVEL = 4
 BLOCK_LEVEL = 8
+# The levels of a whole block that are stored (`TreeStore.hash_blocks`).
+KEPT_BLOCK_LEVELS = (1, BLOCK_LEVEL)
 _CHECKPOINT = (
     "log, tree_size, root_hash, toUnixTimestamp64Milli(created_at) AS created_ms, key_id, verifier_key, note"
 )
@@ -125,11 +127,16 @@ class TreeStore:
         return start + run, int(found["after"]) if n > run else None
 
     def hash_blocks(self, log: str, first: int, stop: int, *, after: int = 0) -> list[bytes]:
-        """Hash and keep every subtree of levels 1 to 8 of the aligned blocks of 256 leaves
-        [first, stop) (block b: leaves [256 b, 256 b + 256)), in ClickHouse, and return the
+        """Hash the aligned blocks of 256 leaves [first, stop) (block b: leaves [256 b,
+        256 b + 256)) in ClickHouse, keep their subtrees of levels 1 and 8, and return the
         blocks' roots (their level-8 nodes) in order; every position of them must hold a leaf.
         Subtrees whose leaves all lie below `after` (kept by an earlier checkpoint) are not
         stored again.
+
+        Levels 2 to 7 are hashed, not kept: nothing reads them (a proof hashes what lies
+        below level 8 from the block's leaves, `proof_nodes`), and they were half the nodes
+        stored, written and merged; level 1 stays for `auditlog verify` to name the pair of
+        positions of a forged leaf.
 
         One statement a call, all its hashing in ClickHouse's threads: the checkpointer's
         own Python then touches one node per 256 leaves (it hashed, packed and stored every
@@ -146,7 +153,7 @@ class TreeStore:
         rows = [
             f"arrayMap((h, k) -> (toUInt8({level}), block * {block >> level} + k - 1, h), a{level}, "
             f"range(1, {(block >> level) + 1}))"
-            for level in range(1, BLOCK_LEVEL + 1)
+            for level in KEPT_BLOCK_LEVELS
         ]
         # A block's leaves in order (of a position held twice, which `auditlog verify` reports,
         # the smaller hash, as the checkpointer takes it); each level pairs the one below with

@@ -198,11 +198,11 @@ class Checkpointer:
             return made
 
     def _extend(self, log_name: str, last: StoredCheckpoint | None, end: int) -> bytes:
-        """Keep every perfect subtree the leaves [start, end) complete (`start`: the size `last`
+        """Keep the perfect subtrees the leaves [start, end) complete (`start`: the size `last`
         signed), and return the root of the tree of `end` leaves.
 
-        The whole blocks of 256 leaves are hashed by the store (`TreeStore.hash_blocks`,
-        levels 1 to 8, in ClickHouse); the tree above their roots here, one node per 256
+        The whole blocks of 256 leaves are hashed by the store (`TreeStore.hash_blocks`, in
+        ClickHouse, which keeps their levels 1 and 8); the tree above their roots here, one node per 256
         leaves, from the subtrees of level 8 and up of the last checkpoint's compact range;
         and the block not yet whole (at most 255 leaves) here too. Only subtrees that end
         past `start` are stored: those before it were stored by an earlier checkpoint.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import subprocess
 import sys
@@ -608,10 +609,11 @@ def test_proof_nodes_of_a_tree_past_one_block_match_the_stored_ones(store: Store
     _signed_store(store, signer, n=700)
     coords = [(level, idx) for level in range(10) for idx in range(700 >> level)]
     tree = _tree_of(store)
-    # What the checkpointer kept: every subtree of the 700 leaves (those of the two whole
-    # blocks of 256 and above them hashed by the store, those of the third block here).
+    # What the checkpointer kept: of the two whole blocks of 256 (hashed by the store) and
+    # above them, levels 1 and 8 up; of the third block, every subtree it completed.
     stored = store.tree.nodes("local", coords)
-    assert stored == {c: tree[c] for c in coords}
+    kept = [c for c in coords if c[0] in (0, 1) or c[0] >= 8 or c[1] << c[0] >= 512]
+    assert stored == {c: tree[c] for c in kept}
     cold = TreeStore(store.engine, database=store.database)
     assert cold.proof_nodes("local", coords) == {
         c: tree[c] for c in coords
@@ -639,9 +641,25 @@ def test_checkpoints_in_steps_keep_the_subtrees_and_roots_of_one_made_at_once(
     assert roots == [(n, merkle.root_at(tree, n)) for n, _ in roots]
     whole = _tree_of(store)
     coords = [(level, idx) for level in range(1, 11) for idx in range(1030 >> level)]
-    assert store.tree.nodes("local", coords) == {c: whole[c] for c in coords}
+    stored = store.tree.nodes("local", coords)
+    # Every stored subtree is the one pass's; level 1 and 8 up are all there; of levels 2 to
+    # 7, only what a block not yet whole at a checkpoint completed (here: of blocks 0 and 2,
+    # which filled over several checkpoints, and of the last one, [1024, 1030)).
+    assert stored == {c: whole[c] for c in stored}
+    assert {c for c in coords if c[0] == 1 or c[0] >= 8} <= set(stored)
+    assert not [c for c in stored if 2 <= c[0] < 8 and (c[1] << c[0]) >> 8 in (1, 3)]
+    assert [c for c in stored if 2 <= c[0] < 8 and (c[1] << c[0]) >> 8 == 0]
     # Each subtree stored once, however many checkpoints a block took to fill.
-    assert _count(store, "SELECT count() FROM {db}.merkle_nodes WHERE level > 0") == len(coords)
+    assert _count(store, "SELECT count() FROM {db}.merkle_nodes WHERE level > 0") == len(stored)
+    # A proof of leaves at each of those sizes, and between each two, from what is stored.
+    cold = TreeStore(store.engine, database=store.database)
+    leaves = dict(store.tree.leaves("local"))
+    for (old, old_root), (size, root) in itertools.pairwise(roots):
+        for index in {0, size // 2, size - 1}:
+            path = merkle.prove_inclusion(index, size, lambda c: cold.proof_nodes("local", c))
+            assert merkle.verify_inclusion(index, size, leaves[index], path, root)
+        proof = merkle.prove_consistency(old, size, lambda c: cold.proof_nodes("local", c))
+        assert merkle.verify_consistency(old, size, old_root, root, proof)
     assert _verify(store, signer).findings == []
 
 
