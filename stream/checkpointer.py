@@ -202,9 +202,9 @@ class Checkpointer:
         signed), and return the root of the tree of `end` leaves.
 
         The whole blocks of 256 leaves are hashed by the store (`TreeStore.hash_blocks`, in
-        ClickHouse, which keeps their levels 1 and 8); the tree above their roots here, one node per 256
-        leaves, from the subtrees of level 8 and up of the last checkpoint's compact range;
-        and the block not yet whole (at most 255 leaves) here too. Only subtrees that end
+        ClickHouse, which keeps their levels 1 and 8); the tree above their roots here, one
+        node per 256 leaves, from the subtrees of level 8 and up of the last checkpoint's
+        compact range; and the block not yet whole (at most 255 leaves) here too. Only subtrees that end
         past `start` are stored: those before it were stored by an earlier checkpoint.
 
         Before anything is signed, the tree below `start` must still be the one `last` signed:
